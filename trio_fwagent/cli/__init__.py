@@ -1,7 +1,7 @@
 """Command-line entry points (asyncclick): run, update, download, declare, demo.
 
-This module only parses options, sets up logging and calls into the agent, the
-downloader and the demo; it holds no protocol or download logic of its own.
+Each command lives in its own module and only parses options, sets up logging and
+calls into the agent, the downloader or the demo; none holds protocol or download logic.
 """
 
 from __future__ import annotations
