@@ -1,0 +1,175 @@
+"""The operation journal on a real file system.
+
+Protects: records survive a round trip; writes are atomic and private (0600 files in a
+0700 directory); network-supplied ids never become path components; a corrupt or
+half-written file never crashes recovery; pruning forgets only old finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from trio_fwagent.contract import FirmwareRequest
+from trio_fwagent.journal import Journal, OperationRecord, Phase, record_name
+
+SHA = "c036cbb7553a909f8b8877d4461924307f27ecb66cff928eeeafd569c3887e29"
+
+
+def make_request(op_id: str = "op-1", child_id: str = "child1") -> FirmwareRequest:
+    return FirmwareRequest(
+        dialect="te",
+        child_id=child_id,
+        op_id=op_id,
+        attempt=2,
+        name="OpenWRT",
+        version="22.03",
+        url="http://127.0.0.1:8000/f",
+        sha256=SHA,
+        topic=f"te/device/{child_id}///cmd/firmware_update/{op_id}",
+        extra={"remoteUrl": "https://cloud/f", "tedgeUrl": "http://127.0.0.1:8000/f"},
+    )
+
+
+def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    record = OperationRecord(
+        make_request(),
+        Phase.FINISHED,
+        final_status="failed",
+        reason="installer exited with code 3: boom",
+        final_acked=True,
+        updated_at=1234.5,
+    )
+    journal.put(record)
+    assert journal.get("child1", "op-1") == record
+    # A fresh Journal object (as after a restart) reads the same thing.
+    assert Journal(tmp_path / "journal").records() == [record]
+
+
+def test_put_replaces_the_previous_record(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    first = OperationRecord(make_request(), Phase.RECEIVED, updated_at=1.0)
+    journal.put(first)
+    second = first.replace(phase=Phase.DOWNLOADING)
+    journal.put(second)
+    assert journal.get("child1", "op-1") == second
+    assert journal.records() == [second]
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_replace_stamps_the_time_unless_given() -> None:
+    record = OperationRecord(make_request(), Phase.RECEIVED)
+    before = time.time()
+    assert record.replace(phase=Phase.INSTALLING).updated_at >= before
+    assert record.replace(updated_at=5.0).updated_at == 5.0
+
+
+def test_unknown_operation_is_none(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.put(OperationRecord(make_request("a"), Phase.RECEIVED))
+    assert journal.get("child1", "b") is None
+    assert journal.get("child2", "a") is None
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    directory = tmp_path / "data" / "journal"
+    journal = Journal(directory)
+    journal.put(OperationRecord(make_request(), Phase.RECEIVED))
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    (path,) = directory.iterdir()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("child_id", "op_id"),
+    [("child1", "../../etc/passwd"), ("../x", "/abs"), ("c", ".json"), ("c", "a\\b")],
+)
+def test_file_name_never_contains_the_raw_ids(tmp_path: Path, child_id: str, op_id: str) -> None:
+    journal = Journal(tmp_path / "j")
+    journal.put(OperationRecord(make_request(op_id, child_id), Phase.RECEIVED))
+    names = os.listdir(tmp_path / "j")
+    assert names == [record_name(child_id, op_id)]
+    assert len(names[0]) == 32 + len(".json")
+    assert all(c in "0123456789abcdef" for c in names[0][:32])
+    assert sorted(os.listdir(tmp_path)) == ["j"]  # nothing escaped the directory
+    assert journal.get(child_id, op_id) is not None
+
+
+def test_child_and_op_id_cannot_be_confused(tmp_path: Path) -> None:
+    # "a" + "bc" and "ab" + "c" must not share a file.
+    assert record_name("a", "bc") != record_name("ab", "c")
+
+
+def test_leftover_temp_file_is_ignored(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    record = OperationRecord(make_request(), Phase.DOWNLOADING, updated_at=1.0)
+    journal.put(record)
+    # What a crash in the middle of put() leaves behind: a torn temporary file.
+    (tmp_path / ".tmp-abc.tmp").write_bytes(b'{"format":1,"requ')
+    assert journal.records() == [record]
+    assert journal.get("child1", "op-1") == record
+
+
+def test_corrupt_files_are_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path)
+    good = OperationRecord(make_request("good"), Phase.FINISHED, "successful", updated_at=2.0)
+    journal.put(good)
+    bad_path = journal.path_for("child1", "bad")
+    bad_path.write_bytes(b"\x00garbage")
+    (tmp_path / ("0" * 32 + ".json")).write_text(json.dumps({"format": 1, "phase": "nope"}))
+    (tmp_path / ("1" * 32 + ".json")).write_text("[" * 100000)
+    with caplog.at_level(logging.WARNING, logger="trio_fwagent.journal"):
+        assert journal.records() == [good]
+        assert journal.get("child1", "bad") is None
+    assert "corrupt" in caplog.text
+    assert journal.prune(0.0, now=10.0) == 1  # corrupt files don't break pruning either
+
+
+def test_records_are_oldest_first(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    records = [
+        OperationRecord(make_request(f"op-{i}"), Phase.RECEIVED, updated_at=t)
+        for i, t in enumerate([30.0, 10.0, 20.0])
+    ]
+    for record in records:
+        journal.put(record)
+    assert [r.updated_at for r in journal.records()] == [10.0, 20.0, 30.0]
+
+
+def test_prune_deletes_only_old_finished_records(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    old_done = OperationRecord(make_request("old"), Phase.FINISHED, "successful", updated_at=100.0)
+    new_done = OperationRecord(make_request("new"), Phase.FINISHED, "failed", updated_at=950.0)
+    old_running = OperationRecord(make_request("run"), Phase.DOWNLOADING, updated_at=100.0)
+    for record in (old_done, new_done, old_running):
+        journal.put(record)
+    assert journal.prune(keep_finished_for=500.0, now=1000.0) == 1
+    assert journal.get("child1", "old") is None
+    assert journal.get("child1", "new") == new_done
+    assert journal.get("child1", "run") == old_running
+
+
+def test_prune_removes_stale_temp_files(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    leftover = tmp_path / ".tmp-x.tmp"
+    leftover.write_bytes(b"{")
+    os.utime(leftover, (100.0, 100.0))
+    journal.prune(keep_finished_for=10.0, now=1000.0)
+    assert not leftover.exists()
+
+
+def test_delete_forgets_an_operation(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.put(OperationRecord(make_request(), Phase.RECEIVED))
+    journal.delete("child1", "op-1")
+    journal.delete("child1", "op-1")  # idempotent
+    assert journal.records() == []
