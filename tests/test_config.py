@@ -1,0 +1,205 @@
+"""Configuration: sources, precedence, validation (a bad value names its key), and the
+``run`` command's exit status 2 for a bad configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trio_fwagent.config import KEYS, Config, ConfigError, load_config
+
+BASE = {"child_id": ("c1",), "install_target": "/tmp/fw.img"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_documented_keys() -> None:
+    config = load_config(None, BASE, {})
+    assert config.child_id == ("c1",)
+    assert config.mqtt_host == "127.0.0.1"
+    assert config.mqtt_port == 1883
+    assert config.mqtt_transport == "tcp"
+    assert config.mqtt_ws_path == "/mqtt"
+    assert config.mqtt_tls is False
+    assert config.mqtt_client_id == "trio-fwagent-c1"
+    assert config.mqtt_keepalive == 60
+    assert config.data_dir == Path("/var/lib/trio-fwagent")
+    assert config.dialect == "legacy"
+    assert config.install_command == ()
+    assert config.install_target == Path("/tmp/fw.img")
+    assert config.install_timeout == 600
+    assert config.operation_timeout == 3600
+    assert config.stall_timeout == 60
+    assert config.executing_interval == 300
+    assert config.download_attempts == 20
+    assert config.keep_downloads is False
+    assert config.allowed_hosts == ()
+    assert (config.log_level, config.log_format) == ("info", "text")
+
+
+def test_every_key_is_a_config_field() -> None:
+    assert set(KEYS) <= set(Config.__dataclass_fields__)
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path,
+        'child_id = ["filechild"]\nmqtt_port = 1111\nmqtt_host = "file.example"\n'
+        'install_target = "/tmp/x"\nstall_timeout = 5\n',
+    )
+    env = {"TRIO_FWAGENT_MQTT_PORT": "2222", "TRIO_FWAGENT_MQTT_HOST": "env.example"}
+    flags = {"mqtt_port": "3333", "mqtt_host": None, "child_id": ()}
+    config = load_config(toml, flags, env)
+    assert config.mqtt_port == 3333  # flag beats env and file
+    assert config.mqtt_host == "env.example"  # env beats file (flag not given)
+    assert config.child_id == ("filechild",)  # file beats default (empty flag = not given)
+    assert config.stall_timeout == 5.0
+    assert config.operation_timeout == 3600.0  # default
+
+
+def test_env_values_are_parsed_by_type(tmp_path: Path) -> None:
+    env = {
+        "TRIO_FWAGENT_CHILD_ID": "a, b,a",
+        "TRIO_FWAGENT_INSTALL_COMMAND": "/bin/flash --image 'my file'",
+        "TRIO_FWAGENT_KEEP_DOWNLOADS": "yes",
+        "TRIO_FWAGENT_ALLOWED_HOSTS": "Example.COM,files.local",
+        "TRIO_FWAGENT_EXECUTING_INTERVAL": "2.5",
+        "TRIO_FWAGENT_DATA_DIR": str(tmp_path / "data"),
+        "UNRELATED": "x",
+    }
+    config = load_config(None, {}, env)
+    assert config.child_id == ("a", "b")
+    assert config.install_command == ("/bin/flash", "--image", "my file")
+    assert config.keep_downloads is True
+    assert config.allowed_hosts == ("example.com", "files.local")
+    assert config.executing_interval == 2.5
+    assert config.data_dir == tmp_path / "data"
+
+
+def test_repeated_flags_collect_children() -> None:
+    config = load_config(None, {"child_id": ("c1", "c2,c3"), "install_target": "/x"}, {})
+    assert config.child_id == ("c1", "c2", "c3")
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "key", "words"),
+    [
+        ({"mqtt_port": "abc"}, {}, "mqtt_port", "integer"),
+        ({"mqtt_port": "70000"}, {}, "mqtt_port", "65535"),
+        ({}, {"TRIO_FWAGENT_MQTT_TRANSPORT": "udp"}, "mqtt_transport", "tcp, websockets"),
+        ({"operation_timeout": "-1"}, {}, "operation_timeout", "positive"),
+        ({"install_timeout": "soon"}, {}, "install_timeout", "seconds"),
+        ({"keep_downloads": "maybe"}, {}, "keep_downloads", "true or false"),
+        ({}, {"TRIO_FWAGENT_KEEP_DOWNLOADS": "maybe"}, "keep_downloads", "TRIO_FWAGENT_"),
+        ({"dialect": "v2"}, {}, "dialect", "legacy"),
+        ({"child_id": ("bad/child",)}, {}, "child_id", "child id"),
+        ({"child_id": ("wild+",)}, {}, "child_id", "child id"),
+        ({"install_command": "flash 'unbalanced"}, {}, "install_command", "split"),
+        ({"mqtt_ws_path": "mqtt"}, {}, "mqtt_ws_path", "'/'"),
+        ({"download_attempts": "0"}, {}, "download_attempts", "at least 1"),
+        ({"log_format": "xml"}, {}, "log_format", "text, json"),
+        ({"mqtt_ca_file": "/nonexistent/ca.pem"}, {}, "mqtt_ca_file", "not a readable file"),
+        ({"mqtt_password_file": "/nonexistent/pw"}, {}, "mqtt_password_file", "cannot read"),
+    ],
+)
+def test_bad_value_names_its_key(
+    flags: dict[str, object], env: dict[str, str], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {**BASE, **flags}, env)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+    assert words in str(info.value)
+
+
+def test_missing_child_id_and_installer_are_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"install_target": "/x"}, {})
+    assert info.value.key == "child_id"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"child_id": ("c1",)}, {})
+    assert info.value.key == "install_command"
+
+
+def test_file_errors_name_the_key_or_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, 'child_id = ["c1"]\nmqtt_prot = 1\n'), {}, {})
+    assert info.value.key == "mqtt_prot"  # a typo is not silently ignored
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "child_id = [1]\n"), {}, {})
+    assert info.value.key == "child_id"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "mqtt_port = \n"), {}, {})
+    assert info.value.key == "config"
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "missing.toml", {}, {})
+    assert info.value.key == "config"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, 'mqtt_tls = "yes please"\n'), BASE, {})
+    assert info.value.key == "mqtt_tls"
+
+
+def test_toml_native_types_and_argv_list(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path,
+        'child_id = ["c1", "c2"]\nmqtt_tls = false\nkeep_downloads = true\n'
+        'install_command = ["/usr/bin/flash", "a b"]\noperation_timeout = 12.5\n'
+        'allowed_hosts = ["h1"]\n',
+    )
+    config = load_config(toml, {}, {})
+    assert config.install_command == ("/usr/bin/flash", "a b")
+    assert config.keep_downloads is True
+    assert config.operation_timeout == 12.5
+    assert config.allowed_hosts == ("h1",)
+
+
+def test_password_file_is_read_and_not_shown(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    config = load_config(
+        None, {**BASE, "mqtt_username": "agent", "mqtt_password_file": str(pw)}, {}
+    )
+    assert config.mqtt_password == "s3cret"
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.redacted())
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_fwagent", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+    )
+
+
+def test_run_exits_2_naming_the_key_for_a_bad_flag(tmp_path: Path) -> None:
+    result = _run_cli("--child-id", "c1", "--install-target", "/x", "--mqtt-port", "zero")
+    assert result.returncode == 2
+    assert "mqtt_port" in result.stderr
+
+
+def test_run_exits_2_naming_the_key_for_a_bad_env_or_file(tmp_path: Path) -> None:
+    toml = write(tmp_path, 'child_id = ["c1"]\ninstall_target = "/x"\n')
+    result = _run_cli("--config", str(toml), env={"TRIO_FWAGENT_OPERATION_TIMEOUT": "forever"})
+    assert result.returncode == 2
+    assert "operation_timeout" in result.stderr
+    assert "TRIO_FWAGENT_OPERATION_TIMEOUT" in result.stderr
+
+
+def test_run_exits_2_for_an_unusable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _run_cli(
+        "--child-id", "c1", "--install-target", "/x", "--data-dir", str(blocker / "sub")
+    )
+    assert result.returncode == 2
+    assert "data_dir" in result.stderr

@@ -1,0 +1,615 @@
+"""One operation's lifecycle under cancel scopes, the single-flight download sharing, the
+request dedupe of a child worker, and the log line format. Units with fakes for the
+publisher, fetcher and installer (a real journal on tmp_path); ``autojump_clock`` where
+timing matters."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_fwagent.agent import ChildWorker, SharedDownloads, download_name
+from trio_fwagent.contract import FirmwareRequest
+from trio_fwagent.download import DownloadError, DownloadResult, Progress, RetryPolicy
+from trio_fwagent.install import InstallError
+from trio_fwagent.journal import Journal, OperationRecord, Phase
+from trio_fwagent.logs import format_value, log_event, setup_logging
+from trio_fwagent.operation import (
+    STOPPED_DURING_INSTALL,
+    Operation,
+    OperationSettings,
+    StatusReporter,
+    host_allowed,
+)
+
+SHA = "a" * 64
+DEFAULT_RETRY = RetryPolicy()
+
+
+def make_request(
+    op_id: str = "op1",
+    *,
+    child: str = "c1",
+    sha256: str | None = SHA,
+    url: str = "http://files.local/fw.bin",
+) -> FirmwareRequest:
+    return FirmwareRequest(
+        dialect="legacy",
+        child_id=child,
+        op_id=op_id,
+        attempt=1,
+        name="fw",
+        version="1.0",
+        url=url,
+        sha256=sha256,
+        topic=f"tedge/{child}/commands/req/firmware_update",
+    )
+
+
+class FakePublisher:
+    """Records publishes; while ``down`` is set, publishes wait (a broker that is away)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.up = trio.Event()
+        self.up.set()
+        self.on_publish: Callable[[dict[str, Any]], None] | None = None
+
+    def go_down(self) -> None:
+        self.up = trio.Event()
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        await self.up.wait()
+        body = json.loads(payload)
+        if self.on_publish is not None:
+            self.on_publish(body)
+        self.sent.append((topic, body))
+        await trio.lowlevel.checkpoint()
+
+    def statuses(self) -> list[str]:
+        return [body["status"] for _, body in self.sent]
+
+
+class RecordingJournal(Journal):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.phases: list[str] = []
+
+    def put(self, record: OperationRecord) -> None:
+        self.phases.append(record.phase.value + ("+acked" if record.final_acked else ""))
+        super().put(record)
+
+
+class FakeFetcher:
+    def __init__(
+        self, tmp_path: Path, *, delay: float = 0.0, error: Exception | None = None
+    ) -> None:
+        self.file = tmp_path / "image.bin"
+        self.file.write_bytes(b"firmware")
+        self.delay = delay
+        self.error = error
+        self.calls = 0
+
+    @asynccontextmanager
+    async def lease(
+        self, request: FirmwareRequest, on_progress: Callable[[Progress], None]
+    ) -> AsyncIterator[Path]:
+        self.calls += 1
+        on_progress(Progress(0, 100, 0.0, 0, 0, 1))
+        await trio.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        on_progress(Progress(100, 100, 1e6, 0, 0, 1))
+        yield self.file
+
+
+class FakeInstaller:
+    description = "fake"
+
+    def __init__(self, *, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.delay = delay
+        self.error = error
+        self.installed: list[tuple[str, bytes]] = []
+        self.cancelled = False
+
+    async def install(self, request: FirmwareRequest, file: Path) -> None:
+        try:
+            await trio.sleep(self.delay)
+        except trio.Cancelled:
+            self.cancelled = True
+            raise
+        if self.error is not None:
+            raise self.error
+        self.installed.append((request.op_id, file.read_bytes()))  # noqa: ASYNC240
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, nursery: trio.Nursery) -> None:
+        self.publisher = FakePublisher()
+        self.journal = RecordingJournal(tmp_path / "journal")
+        self.reporter = StatusReporter(self.publisher, self.journal, nursery, in_thread=False)
+        self.tmp_path = tmp_path
+
+    def operation(
+        self,
+        *,
+        fetcher: Any = None,
+        installer: Any = None,
+        resumed: bool = False,
+        request: FirmwareRequest | None = None,
+        **settings: Any,
+    ) -> Operation:
+        defaults: dict[str, Any] = {"executing_interval": 10.0, "final_ack_wait": 5.0}
+        return Operation(
+            request or make_request(),
+            reporter=self.reporter,
+            fetcher=fetcher or FakeFetcher(self.tmp_path),
+            installer=installer or FakeInstaller(),
+            settings=OperationSettings(**{**defaults, **settings}),
+            resumed=resumed,
+        )
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, nursery: trio.Nursery) -> Harness:
+    return Harness(tmp_path, nursery)
+
+
+async def test_happy_path_journals_each_phase_before_it_and_reports_success(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    installer = FakeInstaller()
+    record = await harness.operation(installer=installer).run()
+    assert record.final_status == "successful"
+    assert record.final_acked
+    assert installer.installed == [("op1", b"firmware")]
+    assert harness.journal.phases == ["downloading", "installing", "finished", "finished+acked"]
+    assert harness.publisher.sent == [
+        ("tedge/c1/commands/res/firmware_update", {"id": "op1", "status": "successful"})
+    ]
+    assert harness.journal.get("c1", "op1") == record
+
+
+async def test_executing_is_resent_every_interval_while_working(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    op = harness.operation(
+        fetcher=FakeFetcher(harness.tmp_path, delay=25.0), executing_interval=10.0
+    )
+    await op.run()
+    assert harness.publisher.statuses() == ["executing", "executing", "successful"]
+
+
+async def test_resumed_operation_sends_executing_at_once(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    await harness.operation(resumed=True).run()
+    assert harness.publisher.statuses() == ["executing", "successful"]
+
+
+async def test_download_error_becomes_failed_with_its_reason(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    fetcher = FakeFetcher(
+        harness.tmp_path, error=DownloadError("HTTP 404 Not Found for http://x", permanent=True)
+    )
+    installer = FakeInstaller()
+    record = await harness.operation(fetcher=fetcher, installer=installer).run()
+    assert record.final_status == "failed"
+    assert record.reason == "download failed: HTTP 404 Not Found for http://x"
+    assert installer.installed == []
+    assert harness.publisher.sent[-1][1] == {
+        "id": "op1",
+        "status": "failed",
+        "reason": record.reason,
+    }
+
+
+async def test_installer_failure_reason_is_reported(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    error = InstallError("installer exited with code 3: flash: bad image")
+    record = await harness.operation(installer=FakeInstaller(error=error)).run()
+    assert record.final_status == "failed"
+    assert record.reason == "install failed: installer exited with code 3: flash: bad image"
+    assert harness.journal.phases[:2] == ["downloading", "installing"]
+
+
+async def test_install_timeout_cancels_the_installer_and_fails(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    installer = FakeInstaller(delay=1000.0)
+    record = await harness.operation(installer=installer, install_timeout=30.0).run()
+    assert installer.cancelled
+    assert record.final_status == "failed"
+    assert record.reason is not None
+    assert "installer timed out after 30 s (install_timeout)" in record.reason
+
+
+async def test_operation_deadline_fails_with_the_phase_it_was_in(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    fetcher = FakeFetcher(harness.tmp_path, delay=1000.0)
+    start = trio.current_time()
+    record = await harness.operation(fetcher=fetcher, operation_timeout=60.0).run()
+    assert trio.current_time() - start == pytest.approx(60.0)
+    assert record.final_status == "failed"
+    assert record.reason == ("operation timed out after 60 s while downloading (operation_timeout)")
+    # executing kept coming while it waited (interval 10 s): 5 of them, then failed.
+    assert harness.publisher.statuses() == ["executing"] * 5 + ["failed"]
+
+
+async def test_a_host_outside_allowed_hosts_fails_before_downloading(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    fetcher = FakeFetcher(harness.tmp_path)
+    record = await harness.operation(fetcher=fetcher, allowed_hosts=("good.example",)).run()
+    assert fetcher.calls == 0
+    assert record.reason is not None
+    assert "'files.local' is not allowed" in record.reason
+
+
+async def test_unexpected_exception_is_a_failed_status_not_a_crash(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    installer = FakeInstaller(error=RuntimeError("oops"))
+    record = await harness.operation(installer=installer).run()
+    assert record.final_status == "failed"
+    assert record.reason == "internal error while installing: RuntimeError: oops"
+
+
+async def test_final_status_is_journaled_before_it_is_published(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    seen: list[Any] = []
+
+    def check(body: dict[str, Any]) -> None:
+        rec = harness.journal.get("c1", "op1")
+        seen.append((body["status"], rec.phase if rec else None))
+
+    harness.publisher.on_publish = check
+    await harness.operation().run()
+    assert seen == [("successful", Phase.FINISHED)]
+
+
+async def test_unacknowledged_final_waits_bounded_then_is_marked_when_acked(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.publisher.go_down()
+    start = trio.current_time()
+    record = await harness.operation(final_ack_wait=5.0).run()
+    assert trio.current_time() - start == pytest.approx(5.0)  # bounded, not forever
+    assert record.final_status == "successful"
+    assert not record.final_acked
+    assert not harness.journal.get("c1", "op1").final_acked  # type: ignore[union-attr]
+    harness.publisher.up.set()  # the broker is back: the queued publish completes
+    await trio.sleep(1)
+    assert harness.publisher.statuses() == ["successful"]
+    assert harness.journal.get("c1", "op1").final_acked  # type: ignore[union-attr]
+
+
+async def test_shutdown_while_downloading_leaves_it_resumable_and_silent(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    op = harness.operation(fetcher=FakeFetcher(harness.tmp_path, delay=1000.0))
+    with trio.move_on_after(3):
+        await op.run()
+    record = harness.journal.get("c1", "op1")
+    assert record is not None and record.phase is Phase.DOWNLOADING
+    assert harness.publisher.sent == []
+
+
+async def test_shutdown_while_installing_reports_failed(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    installer = FakeInstaller(delay=1000.0)
+    with trio.move_on_after(3):
+        await harness.operation(installer=installer).run()
+    assert installer.cancelled
+    record = harness.journal.get("c1", "op1")
+    assert record is not None and record.phase is Phase.FINISHED
+    assert record.reason == STOPPED_DURING_INSTALL
+    assert harness.publisher.statuses() == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed", "ok"),
+    [
+        ("http://a.example/x", (), True),
+        ("http://a.example/x", ("a.example",), True),
+        ("http://A.EXAMPLE:8000/x", ("a.example",), True),
+        ("http://b.example/x", ("a.example",), False),
+        ("http://evil-a.example/x", ("a.example",), False),
+        ("http://x.a.example/x", ("*.a.example",), True),
+        ("http://a.example/x", ("*.a.example",), True),
+        ("http://xa.example/x", ("*.a.example",), False),
+        ("http://x.a.example/x", (".a.example",), True),
+    ],
+)
+def test_host_allowed(url: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert host_allowed(url, allowed) is ok
+
+
+# ----------------------------------------------------------------- shared downloads
+
+
+class FakeDownload:
+    """Writes ``content`` to dest after ``delay`` (counted); can be told to fail."""
+
+    def __init__(self, content: bytes = b"image", delay: float = 10.0) -> None:
+        self.content = content
+        self.delay = delay
+        self.started = 0
+        self.cancelled = 0
+        self.error: Exception | None = None
+
+    async def __call__(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        sha256: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        stall_timeout: float = 60.0,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> DownloadResult:
+        self.started += 1
+        try:
+            await trio.sleep(self.delay)
+        except trio.Cancelled:
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+        if on_progress is not None:
+            on_progress(Progress(len(self.content), len(self.content), 1.0, 0, 0, 1))
+        dest.write_bytes(self.content)  # noqa: ASYNC240 (tiny test file)
+        digest = hashlib.sha256(self.content).hexdigest()
+        return DownloadResult(dest, len(self.content), digest, len(self.content), 0, 0, 1.0)
+
+
+@pytest.fixture
+async def shared(tmp_path: Path, nursery: trio.Nursery) -> tuple[SharedDownloads, FakeDownload]:
+    fake = FakeDownload()
+    downloads = SharedDownloads(
+        tmp_path / "dl", retry=RetryPolicy(), stall_timeout=5, download_fn=fake
+    )
+    await nursery.start(downloads.run)
+    return downloads, fake
+
+
+async def _use(
+    downloads: SharedDownloads, request: FirmwareRequest, hold: float, seen: list[bytes]
+) -> None:
+    async with downloads.lease(request, lambda p: None) as path:
+        seen.append(path.read_bytes())
+        await trio.sleep(hold)
+
+
+async def test_same_sha256_at_the_same_time_is_downloaded_once(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    downloads, fake = shared
+    seen: list[bytes] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_use, downloads, make_request("a", child="c1"), 1.0, seen)
+        await trio.sleep(3)  # the second arrives mid-download, from another URL
+        n.start_soon(_use, downloads, make_request("b", child="c2", url="http://m/x"), 5.0, seen)
+    assert fake.started == 1
+    assert seen == [b"image", b"image"]
+    # The first user let go while the second still held it; removed after the last.
+    assert not (downloads.directory / download_name(make_request())).exists()
+
+
+async def test_different_files_download_separately(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    downloads, fake = shared
+    seen: list[bytes] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_use, downloads, make_request("a", sha256="1" * 64), 0.0, seen)
+        n.start_soon(_use, downloads, make_request("b", sha256="2" * 64), 0.0, seen)
+    assert fake.started == 2
+    assert download_name(make_request(sha256="1" * 64)) != download_name(
+        make_request(sha256="2" * 64)
+    )
+
+
+async def test_one_waiter_leaving_does_not_cancel_the_others_download(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    downloads, fake = shared
+    seen: list[bytes] = []
+    async with trio.open_nursery() as n:
+        n.start_soon(_use, downloads, make_request("b", child="c2"), 0.0, seen)
+        with trio.move_on_after(2):  # this operation hits its deadline mid-download
+            await _use(downloads, make_request("a"), 0.0, seen)
+    assert fake.started == 1 and fake.cancelled == 0
+    assert seen == [b"image"]
+
+
+async def test_download_nobody_waits_for_is_cancelled(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    downloads, fake = shared
+    with trio.move_on_after(2):
+        await _use(downloads, make_request("a"), 0.0, [])
+    await trio.sleep(1)
+    assert fake.cancelled == 1
+    # A later request starts a new transfer (which a real downloader would resume).
+    seen: list[bytes] = []
+    await _use(downloads, make_request("a"), 0.0, seen)
+    assert fake.started == 2 and seen == [b"image"]
+
+
+async def test_download_error_reaches_every_waiter(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    downloads, fake = shared
+    fake.error = DownloadError("checksum mismatch", permanent=True)
+    errors: list[str] = []
+
+    async def use(op: str) -> None:
+        try:
+            await _use(downloads, make_request(op), 0.0, [])
+        except DownloadError as exc:
+            errors.append(exc.reason)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(use, "a")
+        n.start_soon(use, "b")
+    assert errors == ["checksum mismatch", "checksum mismatch"]
+    assert fake.started == 1
+
+
+async def test_keep_downloads_keeps_and_reuses_a_verified_file(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeDownload(content=b"kept image")
+    sha = hashlib.sha256(b"kept image").hexdigest()
+    downloads = SharedDownloads(
+        tmp_path / "dl", retry=RetryPolicy(), stall_timeout=5, keep=True, download_fn=fake
+    )
+    await nursery.start(downloads.run)
+    await _use(downloads, make_request("a", sha256=sha), 0.0, [])
+    path = downloads.directory / download_name(make_request(sha256=sha))
+    assert path.read_bytes() == b"kept image"
+    await _use(downloads, make_request("b", sha256=sha), 0.0, [])
+    assert fake.started == 1  # the kept file was verified and reused
+
+
+def test_download_name_never_contains_network_strings() -> None:
+    request = make_request("../../etc/passwd", sha256=None, url="http://x/../../evil name")
+    name = download_name(request)
+    assert "/" not in name and ".." not in name and "evil" not in name
+    assert name.endswith(".bin") and len(name) == 36
+
+
+# ----------------------------------------------------------------- child worker dedupe
+
+
+async def test_resent_request_of_a_finished_operation_gets_its_final_status_again(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    made: list[str] = []
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        made.append(request.op_id)
+        return harness.operation(request=request)
+
+    worker = ChildWorker("c1", factory, harness.reporter)
+    harness.journal.put(
+        OperationRecord(
+            make_request("done"),
+            Phase.FINISHED,
+            final_status="failed",
+            reason="r",
+            final_acked=True,
+        )
+    )
+    await worker.submit(make_request("done"))
+    await trio.sleep(1)
+    assert made == []
+    assert harness.publisher.sent == [
+        ("tedge/c1/commands/res/firmware_update", {"id": "done", "status": "failed", "reason": "r"})
+    ]
+
+
+async def test_resent_request_while_queued_or_running_joins_it(
+    harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    installer = FakeInstaller()
+    made: list[str] = []
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        made.append(request.op_id)
+        return harness.operation(
+            request=request, installer=installer, fetcher=FakeFetcher(harness.tmp_path, delay=20.0)
+        )
+
+    worker = ChildWorker("c1", factory, harness.reporter)
+    await nursery.start(worker.run)
+    await worker.submit(make_request("x"))
+    await worker.submit(make_request("y"))  # queued behind x
+    await trio.sleep(5)
+    assert worker.running == "x" and set(worker.active) == {"x", "y"}
+    await worker.submit(make_request("x"))  # re-sent while running
+    await worker.submit(make_request("y"))  # re-sent while queued
+    await trio.sleep(100)
+    assert made == ["x", "y"]
+    assert [op for op, _ in installer.installed] == ["x", "y"]
+    sent = [(body["id"], body["status"]) for _, body in harness.publisher.sent]
+    assert sent.count(("x", "executing")) >= 2 and sent.count(("y", "executing")) >= 2
+    assert sent.count(("x", "successful")) == 1 and sent.count(("y", "successful")) == 1
+    # Operations of one child run one at a time: x finished before y started installing.
+    assert sent.index(("x", "successful")) < sent.index(("y", "successful"))
+    await worker.submit(make_request("x"))  # after success: no second install
+    await trio.sleep(1)
+    assert [op for op, _ in installer.installed] == ["x", "y"]
+    assert sent.count(("x", "successful")) == 1
+    assert [(b["id"], b["status"]) for _, b in harness.publisher.sent].count(
+        ("x", "successful")
+    ) == 2
+
+
+# ----------------------------------------------------------------- logs
+
+
+def test_text_log_is_one_key_value_line_per_event() -> None:
+    stream = io.StringIO()
+    setup_logging("info", "text", stream=stream)
+    try:
+        log_event(
+            logging.getLogger("trio_fwagent.test"),
+            "final status",
+            op="a b",
+            reason="line1\nline2",
+            pct=50,
+            status=None,
+        )
+        logging.getLogger("trio_fwagent.test").debug("hidden")
+    finally:
+        setup_logging("warning", "text")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("ts=")
+    assert 'level=info logger=trio_fwagent.test event="final status"' in line
+    assert 'op="a b" reason="line1\\nline2" pct=50 status=-' in line
+
+
+def test_json_log_lines_parse_and_carry_fields() -> None:
+    stream = io.StringIO()
+    setup_logging("debug", "json", stream=stream)
+    try:
+        log_event(logging.getLogger("trio_fwagent.test"), "download progress", pct=10)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("trio_fwagent.test").exception("crashed")
+    finally:
+        setup_logging("warning", "text")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "download progress" and first["pct"] == 10
+    assert first["level"] == "info"
+    assert second["event"] == "crashed" and "ValueError: boom" in second["exc"]
+
+
+def test_format_value_quotes_only_when_needed() -> None:
+    assert format_value("abc-1.2/x") == "abc-1.2/x"
+    assert format_value("") == '""'
+    assert format_value('say "hi"') == '"say \\"hi\\""'
+    assert format_value(True) == "true"
+    assert format_value(1.5) == "1.5"

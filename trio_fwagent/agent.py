@@ -1,0 +1,644 @@
+"""The supervisor: one nursery owning the MQTT client, per-child workers, shared downloads.
+
+Owns what happens to a request between the broker and an :class:`~trio_fwagent.operation.
+Operation`:
+
+- subscribes (QoS 1, persistent session) to each child's request topics in the configured
+  dialect(s), parses each message, answers a malformed one with ``failed`` when it has a
+  readable id (and only logs it otherwise), and never lets one bad message stop serving;
+- dedupes by operation id through the journal: a request that is queued or running is
+  joined (``executing`` re-sent), a finished one gets its recorded final status again, so
+  the installer never runs twice for one id;
+- runs one operation at a time per child (the rest queued) and children concurrently;
+- shares one download between children asking for the same file at the same time
+  (:class:`SharedDownloads`, a single flight keyed by sha256 or URL);
+- recovers at start: DOWNLOADING/RECEIVED operations resume (their partial file resumes),
+  INSTALLING ones are reported failed, unacknowledged finals are re-sent.
+
+It does not parse payloads itself (:mod:`trio_fwagent.contract`), speak MQTT
+(:mod:`trio_fwagent.mqtt`), do HTTP (:mod:`trio_fwagent.download`) or decide how one
+operation runs (:mod:`trio_fwagent.operation`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from trio_fwagent.config import Config
+from trio_fwagent.contract import (
+    DIALECTS,
+    Dialect,
+    FirmwareRequest,
+    InvalidRequest,
+    registration_messages,
+)
+from trio_fwagent.download import DownloadError, DownloadResult, Progress, RetryPolicy, download
+from trio_fwagent.journal import Journal, OperationRecord, Phase
+from trio_fwagent.logs import log_event
+from trio_fwagent.mqtt.client import Message, MqttClient, MqttSettings
+from trio_fwagent.operation import (
+    RESTARTED_DURING_INSTALL,
+    CommandInstaller,
+    CopyInstaller,
+    Installer,
+    Operation,
+    OperationSettings,
+    StatusReporter,
+)
+
+__all__ = [
+    "Agent",
+    "SharedDownloads",
+    "build_installer",
+    "download_name",
+    "mqtt_settings",
+    "operation_settings",
+]
+
+log = logging.getLogger(__name__)
+
+#: Finished operations are remembered this long (re-sent requests get their final status).
+KEEP_FINISHED_FOR = 30 * 24 * 3600.0
+#: At shutdown, how long subscriptions wait for the MQTT client to disconnect.
+_GOODBYE_WAIT = 5.0
+#: Requests waiting per child beyond the running one.
+MAX_QUEUED = 64
+
+
+class DownloadFn(Protocol):
+    """The signature of :func:`trio_fwagent.download.download` that the agent uses."""
+
+    def __call__(
+        self,
+        url: str,
+        dest: Path,
+        *,
+        sha256: str | None = ...,
+        retry: RetryPolicy = ...,
+        stall_timeout: float = ...,
+        on_progress: Callable[[Progress], None] | None = ...,
+    ) -> Awaitable[DownloadResult]: ...
+
+
+def mqtt_settings(config: Config) -> MqttSettings:
+    """The MQTT client settings for ``config`` (persistent session: requests queue at the
+    broker while the agent is away)."""
+    return MqttSettings(
+        host=config.mqtt_host,
+        port=config.mqtt_port,
+        transport=config.mqtt_transport,
+        ws_path=config.mqtt_ws_path,
+        tls=config.mqtt_tls,
+        ca_file=config.mqtt_ca_file,
+        cert_file=config.mqtt_cert_file,
+        key_file=config.mqtt_key_file,
+        server_name=config.mqtt_server_name,
+        client_id=config.mqtt_client_id,
+        keepalive=config.mqtt_keepalive,
+        clean_session=False,
+        username=config.mqtt_username,
+        password=config.mqtt_password,
+    )
+
+
+def operation_settings(config: Config) -> OperationSettings:
+    """The per-operation settings for ``config``."""
+    return OperationSettings(
+        operation_timeout=config.operation_timeout,
+        install_timeout=config.install_timeout,
+        executing_interval=config.executing_interval,
+        allowed_hosts=config.allowed_hosts,
+    )
+
+
+def build_installer(config: Config) -> Installer:
+    """``install_command`` if set, else the built-in copy to ``install_target``."""
+    if config.install_command:
+        return CommandInstaller(config.install_command)
+    assert config.install_target is not None  # config validation guarantees one of them
+    return CopyInstaller(config.install_target)
+
+
+def download_key(request: FirmwareRequest) -> str:
+    """What identifies "the same file": its sha256 when known, else its URL."""
+    return f"sha256:{request.sha256}" if request.sha256 else f"url:{request.url}"
+
+
+def download_name(request: FirmwareRequest) -> str:
+    """A file name for the request's download, derived from a hash (never from the id,
+    the firmware name or anything else chosen by the network)."""
+    return hashlib.sha256(download_key(request).encode()).hexdigest()[:32] + ".bin"
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return False
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One file wanted by one or more operations."""
+
+    key: str
+    dest: Path
+    users: int = 0
+    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
+    result: DownloadResult | None = None
+    error: BaseException | None = None
+    flight_done: trio.Event | None = None
+    scope: trio.CancelScope | None = None
+
+
+class SharedDownloads:
+    """Single-flight downloads: operations wanting the same file share one transfer.
+
+    Each file is kept while at least one operation holds a :meth:`lease` on it; when the
+    last one lets go it is deleted (unless ``keep``), except while the agent shuts down
+    (then a complete file may be reused after the restart). A transfer no operation wants
+    any more is cancelled; its partial file stays for a later resume.
+
+    Args:
+        directory: where downloads live (created 0700).
+        retry: the downloader's retry policy.
+        stall_timeout: seconds without body bytes before a read counts as stalled.
+        keep: keep completed downloads after use.
+        download_fn: the downloader (tests inject fakes).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        retry: RetryPolicy,
+        stall_timeout: float,
+        keep: bool = False,
+        download_fn: DownloadFn | None = None,
+    ) -> None:
+        self.directory = directory
+        self._retry = retry
+        self._stall_timeout = stall_timeout
+        self._keep = keep
+        self._download: DownloadFn = download_fn or download
+        self._entries: dict[str, _Entry] = {}
+        self._draining: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.transfers = 0  # number of transfers started (for tests and logs)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Owns the transfer tasks until cancelled."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    @asynccontextmanager
+    async def lease(
+        self, request: FirmwareRequest, on_progress: Callable[[Progress], None]
+    ) -> AsyncIterator[Path]:
+        """Yields the path of the verified file, downloading it (or joining a download)."""
+        key = download_key(request)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = _Entry(key, self.directory / download_name(request))
+            self._entries[key] = entry
+        else:
+            log_event(
+                log, "joining a download in progress", child=request.child_id, op=request.op_id
+            )
+        entry.users += 1
+        entry.listeners.append(on_progress)
+        try:
+            yield await self._ensure(entry, request)
+        finally:
+            entry.listeners.remove(on_progress)
+            entry.users -= 1
+            if entry.users == 0:
+                self._release(entry)
+
+    def _release(self, entry: _Entry) -> None:
+        if self._entries.get(entry.key) is entry:
+            del self._entries[entry.key]
+        if entry.scope is not None:
+            entry.scope.cancel()  # nobody waits for it any more
+        shutting_down = self._nursery is None or self._nursery.cancel_scope.cancel_called
+        if not self._keep and not shutting_down and entry.result is not None:
+            with contextlib.suppress(OSError):
+                entry.dest.unlink()
+                log_event(log, "download removed", file=entry.dest.name)
+
+    async def _ensure(self, entry: _Entry, request: FirmwareRequest) -> Path:
+        while True:
+            if entry.result is not None:
+                return entry.result.path
+            if entry.error is not None:
+                raise entry.error
+            if entry.flight_done is None:
+                # A transfer of the same file being cancelled must end before a new one
+                # touches its partial file.
+                draining = self._draining.get(entry.key)
+                if draining is not None:
+                    await draining.wait()
+                if entry.flight_done is None:
+                    entry.flight_done = trio.Event()
+                    assert self._nursery is not None, "SharedDownloads.run() is not running"
+                    self._nursery.start_soon(self._transfer, entry, request)
+            await entry.flight_done.wait()
+
+    async def _transfer(self, entry: _Entry, request: FirmwareRequest) -> None:
+        assert entry.flight_done is not None
+        finished = self._draining[entry.key] = trio.Event()
+
+        def fan_out(progress: Progress) -> None:
+            for listener in list(entry.listeners):
+                listener(progress)
+
+        try:
+            with trio.CancelScope() as entry.scope:
+                if entry.users == 0:
+                    entry.scope.cancel()  # everyone left before the transfer began
+                try:
+                    reused = await self._reuse(entry, request)
+                    if reused is not None:
+                        entry.result = reused
+                    else:
+                        self.transfers += 1
+                        entry.result = await self._download(
+                            request.url,
+                            entry.dest,
+                            sha256=request.sha256,
+                            retry=self._retry,
+                            stall_timeout=self._stall_timeout,
+                            on_progress=fan_out,
+                        )
+                except (DownloadError, OSError) as exc:
+                    entry.error = exc
+                except Exception as exc:
+                    log.error("download crashed", exc_info=True)
+                    entry.error = DownloadError(
+                        f"internal error: {type(exc).__name__}: {exc}", permanent=False
+                    )
+            if entry.result is None and entry.error is None:
+                entry.error = DownloadError("download was cancelled", permanent=False)
+        finally:
+            entry.scope = None
+            entry.flight_done.set()
+            finished.set()
+            if self._draining.get(entry.key) is finished:
+                del self._draining[entry.key]
+
+    async def _reuse(self, entry: _Entry, request: FirmwareRequest) -> DownloadResult | None:
+        """A complete, matching file kept from before (keep_downloads, or a restart)."""
+        if request.sha256 is None or not entry.dest.is_file():
+            return None
+        digest = await trio.to_thread.run_sync(_sha256_file, entry.dest)
+        if digest != request.sha256:
+            with contextlib.suppress(OSError):
+                entry.dest.unlink()
+            return None
+        log_event(log, "reusing verified download", file=entry.dest.name)
+        size = entry.dest.stat().st_size
+        return DownloadResult(entry.dest, size, digest, 0, 0, 0, 0.0)
+
+
+class ChildWorker:
+    """Runs one child's operations, one at a time, in arrival order.
+
+    Args:
+        child_id: the child device.
+        make_operation: builds the operation for a request.
+        reporter: publishes statuses and writes the journal.
+    """
+
+    def __init__(
+        self,
+        child_id: str,
+        make_operation: Callable[[FirmwareRequest, bool], Operation],
+        reporter: StatusReporter,
+    ) -> None:
+        self.child_id = child_id
+        self._make_operation = make_operation
+        self._reporter = reporter
+        self._send, self._receive = trio.open_memory_channel[tuple[FirmwareRequest, bool]](
+            MAX_QUEUED
+        )
+        self.active: dict[str, FirmwareRequest] = {}  # queued or running, by op id
+        self.running: str | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Takes operations off the queue until cancelled."""
+        task_status.started()
+        async with self._receive:
+            async for request, resumed in self._receive:
+                self.running = request.op_id
+                try:
+                    await self._make_operation(request, resumed).run()
+                except Exception:
+                    log.error(
+                        "operation raised",
+                        exc_info=True,
+                        extra={"fields": {"child": self.child_id, "op": request.op_id}},
+                    )
+                finally:
+                    self.running = None
+                    self.active.pop(request.op_id, None)
+
+    def enqueue(self, request: FirmwareRequest, *, resumed: bool) -> bool:
+        """Queues ``request``; False if the queue is full."""
+        try:
+            self._send.send_nowait((request, resumed))
+        except trio.WouldBlock:
+            return False
+        self.active[request.op_id] = request
+        return True
+
+    async def submit(self, request: FirmwareRequest) -> None:
+        """Handles a request that arrived over MQTT (new, re-sent or already finished)."""
+        fields: dict[str, Any] = {"child": request.child_id, "op": request.op_id}
+        log_event(
+            log,
+            "request received",
+            **fields,
+            attempt=request.attempt,
+            name=request.name,
+            version=request.version,
+        )
+        record = await self._reporter.get(request.child_id, request.op_id)
+        if record is not None and record.phase is Phase.FINISHED:
+            log_event(
+                log,
+                "request re-sent; re-sending its final status",
+                **fields,
+                status=record.final_status,
+            )
+            self._reporter.send_final(record)
+            return
+        if request.op_id in self.active:
+            state = "running" if self.running == request.op_id else "queued"
+            log_event(log, f"request re-sent; joining the {state} operation", **fields)
+            self._reporter.executing_soon(self.active[request.op_id])
+            return
+        if record is not None and record.phase is Phase.INSTALLING:
+            # Not running, but it was installing: the device state is unknown.
+            await self._reporter.finish(record.request, "failed", RESTARTED_DURING_INSTALL)
+            return
+        if record is not None:
+            request = record.request  # a journaled RECEIVED/DOWNLOADING one: resume it
+        else:
+            await self._reporter.put(
+                OperationRecord(request, Phase.RECEIVED, updated_at=time.time())
+            )
+        self._reporter.executing_soon(request)
+        if not self.enqueue(request, resumed=False):
+            await self._reporter.finish(
+                request,
+                "failed",
+                f"too many queued requests for child {self.child_id} (max {MAX_QUEUED})",
+            )
+        elif self.running is not None:
+            log_event(log, "request queued", **fields, behind=self.running)
+
+
+class Agent:
+    """``trio-fwagent run``: serves firmware update requests for the configured children.
+
+    Args:
+        config: the validated configuration.
+        download_fn: the downloader (tests may inject one).
+    """
+
+    def __init__(self, config: Config, *, download_fn: DownloadFn | None = None) -> None:
+        self.config = config
+        self.client = MqttClient(mqtt_settings(config))
+        self.dialects: list[Dialect] = (
+            [DIALECTS["legacy"], DIALECTS["te"]]
+            if config.dialect == "both"
+            else [DIALECTS[config.dialect]]
+        )
+        self.data_dir = config.data_dir
+        self.journal = Journal(self.data_dir / "journal")
+        self.downloads = SharedDownloads(
+            self.data_dir / "downloads",
+            retry=RetryPolicy(max_attempts=config.download_attempts),
+            stall_timeout=config.stall_timeout,
+            keep=config.keep_downloads,
+            download_fn=download_fn,
+        )
+        self.installer = build_installer(config)
+        self.settings = operation_settings(config)
+        self.workers: dict[str, ChildWorker] = {}
+        self._client_stopped = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves until cancelled; ``task_status.started()`` once connected and subscribed.
+
+        Order matters: the journal is recovered before any request is handled (so a
+        re-sent request finds its resumed operation), and the subscriptions are registered
+        before the first connect (a persistent session delivers queued requests right
+        after CONNACK).
+        """
+        _make_private_dir(self.data_dir)
+        log_event(
+            log,
+            "agent starting",
+            children=",".join(self.config.child_id),
+            broker=f"{self.config.mqtt_transport}://{self.config.mqtt_host}:"
+            f"{self.config.mqtt_port}",
+            dialect=self.config.dialect,
+            data_dir=str(self.data_dir),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.downloads.run)
+            reporter = StatusReporter(self.client, self.journal, nursery)
+            for child in self.config.child_id:
+                worker = ChildWorker(child, self._operation_factory(reporter), reporter)
+                self.workers[child] = worker
+                await nursery.start(worker.run)
+            await self._recover(reporter)  # its publishes wait in the client's outbox
+            topics = [
+                (child, dialect, topic)
+                for child in self.config.child_id
+                for dialect in self.dialects
+                for topic in dialect.subscriptions(child)
+            ]
+            for child, dialect, topic in topics:
+                await nursery.start(self._listen, child, dialect, topic, reporter)
+            await nursery.start(self._run_client)
+            if any(d.name == "te" for d in self.dialects):
+                self._register_te_children(reporter)
+            await self.client.wait_connected()
+            # A subscribe while connected returns after its SUBACK, which the broker sends
+            # after handling the SUBSCRIBE of our connect: from here on, requests reach us.
+            async with self.client.subscribe(topics[0][2], qos=1):
+                pass
+            log_event(log, "serving", children=",".join(self.config.child_id))
+            task_status.started()
+
+    def _operation_factory(
+        self, reporter: StatusReporter
+    ) -> Callable[[FirmwareRequest, bool], Operation]:
+        def make(request: FirmwareRequest, resumed: bool) -> Operation:
+            return Operation(
+                request,
+                reporter=reporter,
+                fetcher=self.downloads,
+                installer=self.installer,
+                settings=self.settings,
+                resumed=resumed,
+            )
+
+        return make
+
+    async def _recover(self, reporter: StatusReporter) -> None:
+        pruned = await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
+        records = await trio.to_thread.run_sync(self.journal.records)
+        for record in records:
+            req = record.request
+            fields: dict[str, Any] = {
+                "child": req.child_id,
+                "op": req.op_id,
+                "phase": record.phase.value,
+            }
+            worker = self.workers.get(req.child_id)
+            if worker is None or req.dialect not in {d.name for d in self.dialects}:
+                if record.phase is not Phase.FINISHED:
+                    log_event(
+                        log,
+                        "journal record for a child or dialect not served; ignored",
+                        logging.WARNING,
+                        **fields,
+                    )
+                continue
+            if record.phase is Phase.FINISHED:
+                if not record.final_acked:
+                    log_event(
+                        log,
+                        "re-sending unacknowledged final status",
+                        **fields,
+                        status=record.final_status,
+                    )
+                    reporter.send_final(record)
+            elif record.phase is Phase.INSTALLING:
+                log_event(
+                    log,
+                    "operation was installing when the agent stopped",
+                    logging.WARNING,
+                    **fields,
+                )
+                await reporter.finish(req, "failed", RESTARTED_DURING_INSTALL)
+            else:
+                log_event(log, "resuming operation", **fields)
+                worker.enqueue(req, resumed=True)
+        log_event(log, "journal recovered", records=len(records), pruned=pruned)
+
+    async def _run_client(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.client.run(task_status=task_status)
+        finally:
+            self._client_stopped.set()
+
+    async def _listen(
+        self,
+        child: str,
+        dialect: Dialect,
+        topic: str,
+        reporter: StatusReporter,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with self.client.subscribe(topic, qos=1) as messages:
+            log_event(
+                log,
+                "subscription registered",
+                logging.DEBUG,
+                child=child,
+                dialect=dialect.name,
+                topic=topic,
+            )
+            task_status.started()
+            try:
+                async for message in messages:
+                    try:
+                        await self._on_message(child, dialect, message, reporter)
+                    except Exception:
+                        # Never stop serving because of one message.
+                        log.error(
+                            "request handling crashed",
+                            exc_info=True,
+                            extra={"fields": {"child": child, "topic": message.topic}},
+                        )
+            finally:
+                # Leaving the subscription while connected would UNSUBSCRIBE and so empty
+                # our persistent session: requests sent while we are down would be lost.
+                # At shutdown, let the client disconnect first.
+                with trio.move_on_after(_GOODBYE_WAIT, shield=True):
+                    await self._client_stopped.wait()
+
+    async def _on_message(
+        self, child: str, dialect: Dialect, message: Message, reporter: StatusReporter
+    ) -> None:
+        try:
+            request = dialect.parse(child, message.topic, message.payload)
+        except InvalidRequest as exc:
+            log_event(
+                log,
+                "invalid request",
+                logging.WARNING,
+                child=child,
+                op=exc.op_id,
+                reason=exc.reason,
+                topic=message.topic,
+            )
+            if exc.op_id is not None:
+                worker = self.workers[child]
+                known = (
+                    exc.op_id in worker.active or (await reporter.get(child, exc.op_id)) is not None
+                )
+                if known:
+                    # A garbled copy of a request we know must not fail the real one.
+                    log_event(
+                        log, "invalid copy of a known operation ignored", child=child, op=exc.op_id
+                    )
+                    return
+            answer = dialect.invalid(child, message.topic, exc)
+            if answer is not None:
+                reporter.publish_soon(answer)
+            return
+        if request is not None:
+            await self.workers[child].submit(request)
+
+    def _register_te_children(self, reporter: StatusReporter) -> None:
+        for child in self.config.child_id:
+            for message in registration_messages(child):
+                reporter.publish_soon(message)
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
