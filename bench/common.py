@@ -175,15 +175,6 @@ def make_file(path: Path, size: int, seed: int = 0) -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file, in 1 MiB reads."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- ports, waiting
 
 

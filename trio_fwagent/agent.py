@@ -44,6 +44,7 @@ from trio_fwagent.contract import (
     registration_messages,
 )
 from trio_fwagent.download import DownloadError, DownloadResult, Progress, RetryPolicy, download
+from trio_fwagent.download.verify import file_sha256
 from trio_fwagent.journal import Journal, OperationRecord, Phase
 from trio_fwagent.logs import log_event
 from trio_fwagent.mqtt.client import Message, MqttClient, MqttSettings
@@ -147,14 +148,6 @@ def _is_cancellation(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_cancellation(e) for e in exc.exceptions)
     return False
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(eq=False)
@@ -314,7 +307,7 @@ class SharedDownloads:
         """A complete, matching file kept from before (keep_downloads, or a restart)."""
         if request.sha256 is None or not entry.dest.is_file():
             return None
-        digest = await trio.to_thread.run_sync(_sha256_file, entry.dest)
+        digest = await trio.to_thread.run_sync(file_sha256, entry.dest)
         if digest != request.sha256:
             with contextlib.suppress(OSError):
                 entry.dest.unlink()

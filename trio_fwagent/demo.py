@@ -32,6 +32,7 @@ import trio
 from trio_fwagent.agent import Agent
 from trio_fwagent.config import load_config
 from trio_fwagent.download import DownloadResult, Progress, download
+from trio_fwagent.download.verify import file_sha256
 from trio_fwagent.mqtt import MqttClient, MqttSettings
 from trio_fwagent.progress import ProgressDisplay, format_bytes
 from trio_fwagent.testing.broker import MiniBroker
@@ -203,13 +204,7 @@ def _write_image(path: Path, size: int) -> str:
 
 
 def _file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path) if path.is_file() else None
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ module only strings them together for a person at a terminal. It never talks MQT
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from trio_fwagent.cli.download import (
 )
 from trio_fwagent.contract import FirmwareRequest
 from trio_fwagent.download import DownloadError, RetryPolicy, download
+from trio_fwagent.download.verify import file_sha256
 from trio_fwagent.install import (
     InstallError,
     install_copy,
@@ -55,13 +55,7 @@ def download_path(data_dir: Path, sha256: str) -> Path:
 
 
 def _file_sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path) if path.is_file() else None
 
 
 async def _already_downloaded(dest: Path, sha256: str) -> bool:
