@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trio_fwagent.testing.mosquitto import BrokerStartError, MosquittoBroker, find_mosquitto
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
@@ -319,55 +321,26 @@ def nginx_server(root: Path, *, count_bytes: bool = False) -> Iterator[Nginx]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def mosquitto_binary() -> str:
-    """Path of the mosquitto broker executable."""
-    found = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if found is None:
-        raise Skipped("mosquitto is not installed (apt-get install mosquitto)")
-    return found
-
-
 @contextlib.contextmanager
 def mosquitto_broker() -> Iterator[int]:
-    """A private mosquitto on a free loopback port (anonymous, no persistence); yield port."""
-    binary = mosquitto_binary()
+    """A private mosquitto on a free loopback port (anonymous, no persistence); yield port.
+
+    The same broker the tests use (:class:`trio_fwagent.testing.mosquitto.MosquittoBroker`),
+    with only its TCP listener.
+    """
+    if find_mosquitto() is None:
+        raise Skipped("mosquitto is not installed (apt-get install mosquitto)")
     tmp = Path(tempfile.mkdtemp(prefix="mosquitto-"))
     try:
-        for _attempt in range(5):
-            port = free_port()
-            conf = tmp / "mosquitto.conf"
-            conf.write_text(
-                f"listener {port} 127.0.0.1\n"
-                "allow_anonymous true\n"
-                "persistence false\n"
-                "log_dest stderr\n"
-                "log_type error\nlog_type warning\n"
-                "max_queued_messages 100000\n"
-            )
-            err = (tmp / "stderr.log").open("wb")
-            proc = subprocess.Popen(
-                [binary, "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-            )
-            err.close()
-            try:
-                wait_for_port(port, proc)
-            except BenchError:
-                stop_process(proc)
-                text = _tail(tmp / "stderr.log")
-                if "Address already in use" in text:
-                    continue
-                raise BenchError(f"mosquitto did not start: {text.strip()}") from None
-            try:
-                yield port
-            finally:
-                stop_process(proc)
-            return
-        raise BenchError("mosquitto: no free port after 5 attempts")
+        broker = MosquittoBroker(tmp, websockets=False, tls=False, persistence=False)
+        try:
+            broker.start()
+        except BrokerStartError as exc:
+            raise BenchError(str(exc)) from None
+        try:
+            yield broker.tcp_port
+        finally:
+            broker.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
