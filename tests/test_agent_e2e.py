@@ -202,6 +202,14 @@ def test_operation_deadline_fails_a_download_that_takes_too_long(
     assert final["status"] == "failed"
     assert "operation_timeout" in final["reason"] and "downloading" in final["reason"]
     assert installer.runs() == []
+    # The abandoned partial download stays (the same image may be requested again and
+    # resume) until the next start, which removes leftovers no operation will resume.
+    downloads = agent.data_dir / "downloads"
+    assert any(p.name.endswith(".part") for p in downloads.iterdir())
+    assert agent.stop() == 0
+    agent.start()
+    agent.wait_serving()
+    assert list(downloads.iterdir()) == []
 
 
 def test_malformed_requests_are_answered_or_logged_and_serving_goes_on(

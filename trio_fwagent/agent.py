@@ -23,11 +23,12 @@ operation runs (:mod:`trio_fwagent.operation`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: Finished operations are remembered this long (re-sent requests get their final status).
 KEEP_FINISHED_FOR = 30 * 24 * 3600.0
+HOUSEKEEPING_INTERVAL = 24 * 3600.0
+KEEP_LEFTOVER_DOWNLOADS_FOR = 24 * 3600.0  # a failed download may be requested again
 #: At shutdown, how long subscriptions wait for the MQTT client to disconnect.
 _GOODBYE_WAIT = 5.0
 #: Requests waiting per child beyond the running one.
@@ -303,6 +306,37 @@ class SharedDownloads:
             if self._draining.get(entry.key) is finished:
                 del self._draining[entry.key]
 
+    def sweep(self, wanted: Iterable[str], *, older_than: float = 0.0) -> int:
+        """Deletes leftovers in the download directory; returns how many files went.
+
+        A leftover is a partial file (and its sidecar) of an operation that failed or was
+        abandoned, or a complete image nobody holds (unless ``keep``). Files of downloads in
+        progress and the names in ``wanted`` (operations about to resume) stay, and so does
+        anything modified less than ``older_than`` seconds ago (a failed download may be
+        requested again soon and resume).
+        """
+        keep = set(wanted) | {entry.dest.name for entry in self._entries.values()}
+        cutoff = time.time() - older_than
+        removed = 0
+        try:
+            paths = list(self.directory.iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in paths:
+            base = path.name.split(".part", 1)[0]
+            complete = path.name == base
+            if base in keep or (complete and self._keep):
+                continue
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+            log_event(log, "download leftover removed", file=path.name)
+        return removed
+
     async def _reuse(self, entry: _Entry, request: FirmwareRequest) -> DownloadResult | None:
         """A complete, matching file kept from before (keep_downloads, or a restart)."""
         if request.sha256 is None or not entry.dest.is_file():
@@ -471,6 +505,7 @@ class Agent:
                 self.workers[child] = worker
                 await nursery.start(worker.run)
             await self._recover(reporter)  # its publishes wait in the client's outbox
+            nursery.start_soon(self._housekeeping)
             topics = [
                 (child, dialect, topic)
                 for child in self.config.child_id
@@ -508,6 +543,7 @@ class Agent:
     async def _recover(self, reporter: StatusReporter) -> None:
         pruned = await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
         records = await trio.to_thread.run_sync(self.journal.records)
+        resuming: set[str] = set()
         for record in records:
             req = record.request
             fields: dict[str, Any] = {
@@ -545,7 +581,20 @@ class Agent:
             else:
                 log_event(log, "resuming operation", **fields)
                 worker.enqueue(req, resumed=True)
+                resuming.add(download_name(req))
         log_event(log, "journal recovered", records=len(records), pruned=pruned)
+        swept = await trio.to_thread.run_sync(self.downloads.sweep, resuming)
+        if swept:
+            log_event(log, "download leftovers removed", files=swept)
+
+    async def _housekeeping(self) -> None:
+        """Once a day: prune old journal records and leftover partial downloads."""
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL)
+            await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
+            await trio.to_thread.run_sync(
+                functools.partial(self.downloads.sweep, (), older_than=KEEP_LEFTOVER_DOWNLOADS_FOR)
+            )
 
     async def _run_client(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
