@@ -450,3 +450,26 @@ def test_te_dialect_command_is_answered_retained_with_echo_and_twin(
     assert capability and capability[-1].payload == b"{}"
     assert installer.installed("child1") == data
     assert installer.runs()[0]["FW_OP_ID"] == "c8y-mapper-42"
+
+
+def test_a_queued_request_is_kept_alive_with_executing_while_it_waits(
+    agent_process: AgentFactory,
+    plugin: Plugin,
+    installer: Installer,
+    file_server: FaultyFileServer,
+) -> None:
+    # thin-edge >= 1.1 times an operation out after its last `executing`: a request
+    # waiting behind a long one must hear from the agent too, not only the running one.
+    slow = image(150_000)
+    fast = image(1_000)
+    slow_url = serve(file_server, "/slow.bin", slow, Faults(throttle=50_000))  # ~3 s
+    fast_url = serve(file_server, "/fast.bin", fast)
+    agent = agent_process(install_command=installer.command(), executing_interval=0.5)
+    agent.wait_serving()
+    plugin.request("child1", "op-long", url=slow_url, sha256=sha(slow))
+    plugin.wait_status("op-long", "executing")
+    plugin.request("child1", "op-queued", url=fast_url, sha256=sha(fast))
+    plugin.wait_status("op-queued", "executing", count=3, timeout=10)
+    assert file_server.stats_for("/fast.bin").requests == 0  # still waiting its turn
+    assert plugin.wait_final("op-long")["status"] == "successful"
+    assert plugin.wait_final("op-queued")["status"] == "successful"

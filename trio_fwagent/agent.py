@@ -354,10 +354,14 @@ class SharedDownloads:
 class ChildWorker:
     """Runs one child's operations, one at a time, in arrival order.
 
+    Queued requests are kept alive too: thin-edge (>= 1.1) times an operation out an hour
+    after its last ``executing``, and a request may wait behind a long one.
+
     Args:
         child_id: the child device.
         make_operation: builds the operation for a request.
         reporter: publishes statuses and writes the journal.
+        executing_interval: seconds between re-sent ``executing`` for queued requests.
     """
 
     def __init__(
@@ -365,10 +369,13 @@ class ChildWorker:
         child_id: str,
         make_operation: Callable[[FirmwareRequest, bool], Operation],
         reporter: StatusReporter,
+        *,
+        executing_interval: float = 300.0,
     ) -> None:
         self.child_id = child_id
         self._make_operation = make_operation
         self._reporter = reporter
+        self._executing_interval = executing_interval
         self._send, self._receive = trio.open_memory_channel[tuple[FirmwareRequest, bool]](
             MAX_QUEUED
         )
@@ -377,7 +384,20 @@ class ChildWorker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Takes operations off the queue until cancelled."""
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_queued_alive)
+            task_status.started()
+            await self._work()
+
+    async def _keep_queued_alive(self) -> None:
+        """Re-sends ``executing`` for each queued request (the running one does its own)."""
+        while True:
+            await trio.sleep(self._executing_interval)
+            for op_id, request in list(self.active.items()):
+                if op_id != self.running:
+                    self._reporter.executing_soon(request)
+
+    async def _work(self) -> None:
         async with self._receive:
             async for request, resumed in self._receive:
                 self.running = request.op_id
@@ -501,7 +521,12 @@ class Agent:
             await nursery.start(self.downloads.run)
             reporter = StatusReporter(self.client, self.journal, nursery)
             for child in self.config.child_id:
-                worker = ChildWorker(child, self._operation_factory(reporter), reporter)
+                worker = ChildWorker(
+                    child,
+                    self._operation_factory(reporter),
+                    reporter,
+                    executing_interval=self.settings.executing_interval,
+                )
                 self.workers[child] = worker
                 await nursery.start(worker.run)
             await self._recover(reporter)  # its publishes wait in the client's outbox
