@@ -362,3 +362,6 @@ async def test_download_of_a_missing_file_fails_with_the_status(
     assert result.returncode == 1
     assert "404" in result.stderr
     assert not (tmp_path / "x.bin").exists()
+    # Nothing was received, so nothing is left behind to clean up or "resume".
+    assert list(tmp_path.iterdir()) == []
+    assert "partial download kept" not in result.stderr

@@ -104,11 +104,19 @@ def partial_file(dest: Path) -> Path:
 
 
 def describe_partial(dest: Path) -> str | None:
-    """One line naming the partial file for ``dest`` and its size, if there is one."""
+    """One line naming the partial file for ``dest`` and its size, if there is one.
+
+    An empty partial file (nothing was received) is removed with its sidecar instead:
+    there is nothing to resume, and the user should not have to clean up after us.
+    """
     part = partial_file(dest)
     try:
         size = part.stat().st_size
     except OSError:
+        return None
+    if size == 0:
+        for leftover in (part, part.with_name(part.name + ".json")):
+            leftover.unlink(missing_ok=True)
         return None
     return f"partial download kept: {part} ({format_bytes(size)})"
 

@@ -23,7 +23,6 @@ from trio_fwagent.cli.download import (
     check_url,
     describe_partial,
     fail,
-    partial_file,
     run_interruptible,
 )
 from trio_fwagent.contract import FirmwareRequest
@@ -252,8 +251,9 @@ async def _download(url: str, dest: Path, sha256: str, attempts: int, stall: flo
         raise click.exceptions.Exit(stop.exit_code) from None
     except DownloadError as error:
         display.finish()
-        if partial_file(dest).exists():
-            click.echo(f"{describe_partial(dest)}; run the same command again to resume", err=True)
+        kept = describe_partial(dest)
+        if kept:
+            click.echo(f"{kept}; run the same command again to resume", err=True)
         raise fail(f"update failed: {error.reason}") from None
     display.finish()
     click.echo(
