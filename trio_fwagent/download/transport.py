@@ -10,9 +10,11 @@ to that size. The backend also starts each TCP receive buffer large (Linux), bec
 connection that starts small can stay in ~100 KiB reads for its whole life (measured on
 loopback: 0.4 s/GiB with the larger start, 0.6-2.3 s/GiB without, same client).
 httpx's ``AsyncHTTPTransport`` takes no network backend, so :class:`LargeReadTransport`
-swaps its connection pool for one built with the backend; if a future httpx moves that
-attribute, the transport quietly keeps httpx's default pool (correct, only slower). It
-must not know about downloads.
+swaps its connection pool for one built with the backend, a
+:class:`~trio_fwagent.download.zerocopy.ZeroCopyPool` so that h11 hands each read's body
+bytes on without copying them; if a future httpx moves that attribute, the transport
+quietly keeps httpx's default pool (correct, only slower). It must not know about
+downloads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 import sniffio
+
+from trio_fwagent.download.zerocopy import ZeroCopyPool
 
 __all__ = ["LargeReadBackend", "LargeReadTransport", "create_client"]
 
@@ -158,7 +162,7 @@ class LargeReadTransport(httpx.AsyncHTTPTransport):
         if not hasattr(self, "_pool"):  # pragma: no cover - a future httpx
             log.debug("httpx transport has no _pool; keeping its default 64 KiB reads")
             return
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = ZeroCopyPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
