@@ -322,17 +322,20 @@ def nginx_server(root: Path, *, count_bytes: bool = False) -> Iterator[Nginx]:
 
 
 @contextlib.contextmanager
-def mosquitto_broker() -> Iterator[int]:
+def mosquitto_broker(*, tcp_nodelay: bool = False) -> Iterator[int]:
     """A private mosquitto on a free loopback port (anonymous, no persistence); yield port.
 
     The same broker the tests use (:class:`trio_fwagent.testing.mosquitto.MosquittoBroker`),
-    with only its TCP listener.
+    with only its TCP listener; ``tcp_nodelay`` sets mosquitto's ``set_tcp_nodelay``
+    (default false, as on thin-edge).
     """
     if find_mosquitto() is None:
         raise Skipped("mosquitto is not installed (apt-get install mosquitto)")
     tmp = Path(tempfile.mkdtemp(prefix="mosquitto-"))
     try:
-        broker = MosquittoBroker(tmp, websockets=False, tls=False, persistence=False)
+        broker = MosquittoBroker(
+            tmp, websockets=False, tls=False, persistence=False, tcp_nodelay=tcp_nodelay
+        )
         try:
             broker.start()
         except BrokerStartError as exc:

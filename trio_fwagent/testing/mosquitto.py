@@ -115,6 +115,10 @@ class MosquittoBroker:
             over TLS one (``wss_port``); needs ``trustme``.
         require_certificate: Make the TLS listener demand a client certificate.
         persistence: Keep sessions and queued messages across restarts.
+        tcp_nodelay: Set ``set_tcp_nodelay true``. mosquitto's default (and so thin-edge's)
+            is false: Nagle's algorithm then holds a message to a client until that client
+            acknowledged the broker's previous segment, up to its delayed-ACK time (40 ms
+            on Linux) when messages follow each other closely.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class MosquittoBroker:
         tls: bool = True,
         require_certificate: bool = False,
         persistence: bool = True,
+        tcp_nodelay: bool = False,
     ) -> None:
         self.directory = directory
         self.host = HOST
@@ -132,6 +137,7 @@ class MosquittoBroker:
         self.tls = tls
         self.require_certificate = require_certificate
         self.persistence = persistence
+        self.tcp_nodelay = tcp_nodelay
         self.tcp_port = 0
         self.ws_port = 0
         self.tls_port = 0
@@ -251,6 +257,7 @@ class MosquittoBroker:
             "log_timestamp_format %H:%M:%S",
             "max_queued_messages 100000",
             "max_inflight_messages 100",
+            f"set_tcp_nodelay {'true' if self.tcp_nodelay else 'false'}",
         ]
         if os.geteuid() == 0:
             # As root, mosquitto would switch to the "mosquitto" user, who cannot write here.
