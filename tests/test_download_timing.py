@@ -98,7 +98,7 @@ async def test_retry_after_beyond_give_up_after_fails_without_waiting(
             await download("http://mock/fw.bin", tmp_path / "fw.bin", client=client, retry=policy)
     assert trio.current_time() - started < 1.0
     assert not info.value.permanent and info.value.status_code == 503
-    assert "gave up after 1 attempts" in info.value.reason
+    assert "gave up after 1 attempt in" in info.value.reason
 
 
 async def test_give_up_after_bounds_a_long_outage(

@@ -317,7 +317,8 @@ class _Download:
             if delay is None:
                 elapsed = trio.current_time() - self._started
                 raise DownloadError(
-                    f"{failure.reason} (gave up after {self._attempt} attempts in {elapsed:.0f} s)",
+                    f"{failure.reason} (gave up after {self._attempt} "
+                    f"attempt{'' if self._attempt == 1 else 's'} in {elapsed:.0f} s)",
                     permanent=False,
                     status_code=failure.status_code,
                 )
