@@ -247,6 +247,29 @@ async def test_daemon_holding_stderr_does_not_hang_a_finished_installer(tmp_path
             kill_quietly(int(pid_file.read_text()))
 
 
+async def test_an_installer_that_exited_0_before_the_deadline_is_not_a_timeout(
+    tmp_path: Path,
+) -> None:
+    # The deadline comes while a daemon the installer left behind keeps its stderr open
+    # (so the agent is still draining it): the installer said "installed", and that holds.
+    pid_file = tmp_path / "daemon.pid"
+    marker = tmp_path / "installed"
+    installer = script(
+        tmp_path, f'sleep 0.2; touch "{marker}"; sleep 30 & echo $! > "{pid_file}"\nexit 0\n'
+    )
+    returned = False
+    try:
+        with trio.move_on_after(0.6) as scope:
+            await run_installer([str(installer)], dict(os.environ))
+            returned = True
+    finally:
+        if pid_file.exists():
+            kill_quietly(int(pid_file.read_text()))
+    assert marker.exists()
+    assert returned and not scope.cancelled_caught
+    assert scope.cancel_called  # the deadline did pass while stderr was drained
+
+
 async def test_missing_executable(tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
         await run_installer([str(tmp_path / "nope")], dict(os.environ))

@@ -148,15 +148,21 @@ async def run_installer(
 
     tail = _StderrTail(stderr_lines)
     assert proc.stderr is not None
+    exited: list[int] = []
     try:
-        code = await _wait_collecting(proc, proc.stderr, tail)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _stop_group(proc, kill_grace)
-        raise
+        await _wait_collecting(proc, proc.stderr, tail, exited)
+    except BaseException as exc:
+        if not (exited and _is_cancellation(exc)):
+            with trio.CancelScope(shield=True):
+                await _stop_group(proc, kill_grace)
+            raise
+        # The installer had already exited when the caller's deadline came (while its
+        # stderr was drained): its exit status is the truth, not a timeout. The
+        # caller's scope stays cancelled and cancels its next checkpoint.
     finally:
         with trio.CancelScope(shield=True):
             await proc.stderr.aclose()
+    code = exited[0]
     if code == 0:
         return
     if code < 0:
@@ -168,15 +174,22 @@ async def run_installer(
 
 
 async def _wait_collecting(
-    proc: trio.Process, stream: trio.abc.ReceiveStream, tail: _StderrTail
-) -> int:
+    proc: trio.Process, stream: trio.abc.ReceiveStream, tail: _StderrTail, exited: list[int]
+) -> None:
+    """Waits for the installer while collecting stderr; appends its exit code to
+    ``exited`` as soon as it is known, so a cancellation after that cannot lose it."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(tail.pump, stream)
-        code = await proc.wait()
-        with trio.move_on_after(_DRAIN_AFTER_EXIT):
+        exited.append(await proc.wait())
+        with trio.move_on_after(_DRAIN_AFTER_EXIT, shield=True):
             await tail.finished.wait()
         nursery.cancel_scope.cancel()
-    return code
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(e) for e in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 async def _stop_group(proc: trio.Process, kill_grace: float) -> None:
