@@ -5,6 +5,7 @@ timing matters."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -613,3 +614,81 @@ def test_format_value_quotes_only_when_needed() -> None:
     assert format_value('say "hi"') == '"say \\"hi\\""'
     assert format_value(True) == "true"
     assert format_value(1.5) == "1.5"
+
+
+class FullDiskJournal(RecordingJournal):
+    """A journal whose writes fail with ENOSPC from phase ``full_from`` on."""
+
+    def __init__(self, directory: Path, full_from: Phase) -> None:
+        super().__init__(directory)
+        self.full_from = full_from
+        self.order = [Phase.RECEIVED, Phase.DOWNLOADING, Phase.INSTALLING, Phase.FINISHED]
+
+    def put(self, record: OperationRecord) -> None:
+        if self.order.index(record.phase) >= self.order.index(self.full_from):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().put(record)
+
+
+@pytest.mark.parametrize(
+    ("full_from", "status"), [(Phase.FINISHED, "successful"), (Phase.INSTALLING, "failed")]
+)
+async def test_a_journal_that_cannot_be_written_does_not_swallow_the_final_status(
+    harness: Harness,
+    autojump_clock: trio.testing.MockClock,
+    full_from: Phase,
+    status: str,
+) -> None:
+    harness.reporter = StatusReporter(
+        harness.publisher,
+        FullDiskJournal(harness.tmp_path / "full", full_from),
+        harness.reporter._nursery,
+        in_thread=False,
+    )
+    installer = FakeInstaller()
+    record = await harness.operation(installer=installer).run()
+    assert record.final_status == status
+    assert harness.publisher.statuses()[-1] == status
+    if status == "failed":
+        # Could not record that it was about to install: it must not install.
+        assert installer.installed == []
+        assert "No space left on device" in (record.reason or "")
+
+
+class SlowReadingReporter(StatusReporter):
+    """Reads the journal, then takes ``delay`` seconds to return it (a busy SD card)."""
+
+    delay = 10.0
+
+    async def get(self, child_id: str, op_id: str) -> OperationRecord | None:
+        record = await super().get(child_id, op_id)
+        await trio.sleep(self.delay)
+        return record
+
+
+async def test_a_resent_request_never_acts_on_a_record_that_went_stale_while_read(
+    harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The operation finishes while the re-sent request's journal read is under way: the
+    # record read says DOWNLOADING, but acting on it would install a second time.
+    reporter = SlowReadingReporter(harness.publisher, harness.journal, nursery, in_thread=False)
+    installer = FakeInstaller()
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        return Operation(
+            request,
+            reporter=reporter,
+            fetcher=FakeFetcher(harness.tmp_path, delay=5.0),
+            installer=installer,
+            settings=OperationSettings(executing_interval=100.0),
+        )
+
+    worker = ChildWorker("c1", factory, reporter)
+    await nursery.start(worker.run)
+    await worker.submit(make_request("x"))  # reads "no record" for 10 s, then queues x
+    await trio.sleep(2)  # x is downloading (5 s)
+    await worker.submit(make_request("x"))  # re-sent: x finishes during a journal read
+    await trio.sleep(50)
+    assert [op for op, _ in installer.installed] == ["x"]
+    statuses = [body["status"] for _, body in harness.publisher.sent if body["id"] == "x"]
+    assert statuses.count("successful") == 1 and "failed" not in statuses

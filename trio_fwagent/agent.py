@@ -380,6 +380,7 @@ class ChildWorker:
             MAX_QUEUED
         )
         self.active: dict[str, FirmwareRequest] = {}  # queued or running, by op id
+        self._submit_lock = trio.Lock()
         self.running: str | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -433,6 +434,21 @@ class ChildWorker:
             name=request.name,
             version=request.version,
         )
+        # One request at a time per child: two copies of a request (attempt 1 and a quick
+        # re-send) must not both find "no record" and both enqueue.
+        async with self._submit_lock:
+            await self._submit(request, fields)
+
+    async def _submit(self, request: FirmwareRequest, fields: dict[str, Any]) -> None:
+        # "active" first: an operation that is queued or running owns its journal record,
+        # which may change while we read it (it could finish meanwhile: a stale
+        # INSTALLING or DOWNLOADING record would then install twice or overwrite the
+        # final status). Not active means nobody else writes the record while we look.
+        if request.op_id in self.active:
+            state = "running" if self.running == request.op_id else "queued"
+            log_event(log, f"request re-sent; joining the {state} operation", **fields)
+            self._reporter.executing_soon(self.active[request.op_id])
+            return
         record = await self._reporter.get(request.child_id, request.op_id)
         if record is not None and record.phase is Phase.FINISHED:
             log_event(
@@ -443,11 +459,6 @@ class ChildWorker:
             )
             self._reporter.send_final(record)
             return
-        if request.op_id in self.active:
-            state = "running" if self.running == request.op_id else "queued"
-            log_event(log, f"request re-sent; joining the {state} operation", **fields)
-            self._reporter.executing_soon(self.active[request.op_id])
-            return
         if record is not None and record.phase is Phase.INSTALLING:
             # Not running, but it was installing: the device state is unknown.
             await self._reporter.finish(record.request, "failed", RESTARTED_DURING_INSTALL)
@@ -455,9 +466,16 @@ class ChildWorker:
         if record is not None:
             request = record.request  # a journaled RECEIVED/DOWNLOADING one: resume it
         else:
-            await self._reporter.put(
-                OperationRecord(request, Phase.RECEIVED, updated_at=time.time())
-            )
+            try:
+                await self._reporter.put(
+                    OperationRecord(request, Phase.RECEIVED, updated_at=time.time())
+                )
+            except OSError as exc:
+                # Without a record the installer could run twice; refuse, and say why.
+                await self._reporter.finish(
+                    request, "failed", f"cannot write the operation journal: {exc}"
+                )
+                return
         self._reporter.executing_soon(request)
         if not self.enqueue(request, resumed=False):
             await self._reporter.finish(

@@ -256,8 +256,20 @@ class StatusReporter:
         record = OperationRecord(
             request, Phase.FINISHED, final_status=status, reason=reason, updated_at=time.time()
         )
-        with trio.CancelScope(shield=True):
-            await self.put(record)
+        try:
+            with trio.CancelScope(shield=True):
+                await self.put(record)
+        except OSError as exc:
+            # A full or failing disk must not swallow the answer thin-edge waits for: it
+            # is published anyway (only a restart before the broker acknowledged it
+            # could lose it).
+            log_event(
+                log,
+                "cannot journal the final status; publishing it anyway",
+                logging.ERROR,
+                **_fields(request),
+                error=exc,
+            )
         level = logging.INFO if status == "successful" else logging.WARNING
         log_event(log, "final status", level, **_fields(request), status=status, reason=reason)
         delivery = self.send_final(record)
@@ -278,9 +290,18 @@ class StatusReporter:
                 )
                 await self.publish(message)
                 acked = record.replace(final_acked=True)
-                await self.put(acked)
                 delivery.record = acked
                 log_event(log, "final status acknowledged", **_fields(record.request))
+                try:
+                    await self.put(acked)
+                except OSError as exc:  # the next start re-sends it: harmless
+                    log_event(
+                        log,
+                        "cannot journal the acknowledgement",
+                        logging.WARNING,
+                        **_fields(record.request),
+                        error=exc,
+                    )
             except Exception as exc:
                 log_event(
                     log,
