@@ -441,15 +441,22 @@ class ChildWorker:
 
     async def _submit(self, request: FirmwareRequest, fields: dict[str, Any]) -> None:
         # "active" first: an operation that is queued or running owns its journal record,
-        # which may change while we read it (it could finish meanwhile: a stale
-        # INSTALLING or DOWNLOADING record would then install twice or overwrite the
-        # final status). Not active means nobody else writes the record while we look.
-        if request.op_id in self.active:
-            state = "running" if self.running == request.op_id else "queued"
-            log_event(log, f"request re-sent; joining the {state} operation", **fields)
-            self._reporter.executing_soon(self.active[request.op_id])
-            return
+        # which may change while we read it (it could finish meanwhile: acting on a stale
+        # INSTALLING or DOWNLOADING record would install twice or overwrite the final
+        # status). Not active means nobody else writes the record while we look.
+        was_active = request.op_id in self.active
         record = await self._reporter.get(request.child_id, request.op_id)
+        if was_active and (record is None or record.phase is not Phase.FINISHED):
+            # (A running operation may already have journaled its final status while it
+            # waits for the broker's acknowledgement: then that final is the answer.)
+            active = self.active.get(request.op_id)
+            if active is not None:
+                state = "running" if self.running == request.op_id else "queued"
+                log_event(log, f"request re-sent; joining the {state} operation", **fields)
+                self._reporter.executing_soon(active)
+                return
+            # It finished while we read: its record is final now.
+            record = await self._reporter.get(request.child_id, request.op_id)
         if record is not None and record.phase is Phase.FINISHED:
             log_event(
                 log,
