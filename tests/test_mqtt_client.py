@@ -253,6 +253,28 @@ async def test_keepalive_notices_silent_broker_and_reconnects(
     assert "PINGRESP" in caplog.text
 
 
+async def test_keepalive_does_not_kill_a_slow_link_that_is_still_delivering(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # 120 kB at 20 kB/s takes 6 s, much longer than the 1 s PINGRESP timeout of keepalive=2:
+    # the PINGRESP waits behind the message, but bytes keep coming, so the link is alive.
+    proxy = TcpProxy(mosquitto.host, mosquitto.tcp_port)
+    proxy.downstream_rate = 20_000
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(proxy.run)
+        slow = settings_for(mosquitto, port=port, client_id="slow-link", keepalive=2)
+        fast = settings_for(mosquitto, client_id="slow-link-sender")
+        async with running(slow) as receiver, running(fast) as sender:
+            await receiver.wait_connected()
+            async with receiver.subscribe("big/#") as messages:
+                await sender.publish("big/x", b"y" * 120_000, qos=1)
+                with trio.fail_after(15):
+                    message = await messages.receive()
+            assert len(message.payload) == 120_000
+            assert receiver.connects == 1, receiver.last_error
+        nursery.cancel_scope.cancel()
+
+
 async def test_messages_published_before_broker_starts_are_delivered_in_order(
     mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
 ) -> None:

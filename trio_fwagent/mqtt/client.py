@@ -51,6 +51,7 @@ logger = logging.getLogger("trio_fwagent.mqtt")
 _SUBACK_REFUSED = 0x80
 # A polite goodbye (DISCONNECT, TLS close_notify, WebSocket close) gets this long.
 _GOODBYE_GRACE = 1.0
+_QOS0_RETRY_PAUSE = 0.05  # seconds; see MqttClient.publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,11 @@ class MqttClient:
                 except MqttUsageError:
                     if self._session.connected:
                         raise
-                    continue  # lost the connection in between: wait again
+                    # The session lost the connection before the connection task noticed
+                    # (our `connected` is still True): give that task a moment to run,
+                    # or this loop would spin without ever yielding.
+                    await trio.sleep(_QOS0_RETRY_PAUSE)
+                    continue
                 self._kick()
                 return
         if qos not in (1, 2):
@@ -446,9 +451,12 @@ class MqttClient:
             await trio.sleep(tick)
             now = trio.current_time()
             if self._ping_sent_at is not None:
-                if now - self._ping_sent_at > pong_timeout:
+                # Bytes still arriving are a sign of life: on a slow link the PINGRESP
+                # waits behind whatever the broker sent before it (a large message).
+                if now - max(self._ping_sent_at, self._last_received) > pong_timeout:
                     raise ConnectionLost(
-                        f"no PINGRESP within {pong_timeout:g} s (keepalive {keepalive} s)"
+                        f"no PINGRESP within {pong_timeout:g} s and nothing received "
+                        f"(keepalive {keepalive} s)"
                     )
                 continue
             idle = now - min(self._last_sent, self._last_received)

@@ -20,6 +20,7 @@ __all__ = ["TcpProxy"]
 logger = logging.getLogger(__name__)
 
 _CHUNK = 65536
+_SLOW_CHUNK = 4096  # smooth pacing when downstream_rate is set
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +51,8 @@ class TcpProxy:
         self.bytes_discarded = 0
         self._forwarding = True
         self._pairs: set[_Pair] = set()
+        self.downstream_rate: float | None = None
+        """Bytes per second from the target to clients (a slow link); None = no limit."""
 
     @property
     def forwarding(self) -> bool:
@@ -100,20 +103,28 @@ class TcpProxy:
             with pair.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
-                    nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope, True)
         finally:
             self._pairs.discard(pair)
             await trio.aclose_forcefully(client)
             await trio.aclose_forcefully(upstream)
 
     async def _pump(
-        self, source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+        self,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        scope: trio.CancelScope,
+        downstream: bool = False,
     ) -> None:
         # Either side closing or breaking ends the whole pair, as a real relay would.
         try:
-            while data := await source.receive_some(_CHUNK):
+            while data := await source.receive_some(
+                _SLOW_CHUNK if downstream and self.downstream_rate else _CHUNK
+            ):
                 if self._forwarding:
                     await sink.send_all(data)
+                    if downstream and self.downstream_rate:
+                        await trio.sleep(len(data) / self.downstream_rate)
                 else:
                     self.bytes_discarded += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
