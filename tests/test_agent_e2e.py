@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.agent import AgentProcess, Installer, Plugin, wait_until
+from trio_fwagent.contract import FirmwareRequest
+from trio_fwagent.journal import Journal, OperationRecord, Phase
 from trio_fwagent.testing.fileserver import Faults, FaultyFileServer
 from trio_fwagent.testing.mosquitto import MosquittoBroker
 
@@ -489,3 +491,37 @@ def test_a_queued_request_is_kept_alive_with_executing_while_it_waits(
     assert file_server.stats_for("/fast.bin").requests == 0  # still waiting its turn
     assert plugin.wait_final("op-long")["status"] == "successful"
     assert plugin.wait_final("op-queued")["status"] == "successful"
+
+
+def test_an_operation_older_than_its_timeout_is_not_resumed_after_a_long_stop(
+    agent_process: AgentFactory,
+    plugin: Plugin,
+    installer: Installer,
+    file_server: FaultyFileServer,
+) -> None:
+    # The agent was off for a week in the middle of a download: thin-edge failed the
+    # operation long ago, so installing now would leave device and cloud disagreeing.
+    data = image(10_000)
+    url = serve(file_server, "/fw.bin", data)
+    agent = agent_process(start=False, install_command=installer.command())
+    request = FirmwareRequest(
+        dialect="legacy",
+        child_id="child1",
+        op_id="op-old",
+        attempt=1,
+        name="fw",
+        version="1",
+        url=url,
+        sha256=sha(data),
+        topic="tedge/child1/commands/req/firmware_update",
+    )
+    week_ago = time.time() - 7 * 24 * 3600
+    Journal(agent.data_dir / "journal").put(
+        OperationRecord(request, Phase.DOWNLOADING, updated_at=week_ago)
+    )
+    agent.start()
+    final = plugin.wait_final("op-old")
+    assert final["status"] == "failed"
+    assert "expired" in final["reason"] and "operation_timeout" in final["reason"]
+    assert installer.runs() == []
+    assert file_server.stats_for("/fw.bin").requests == 0

@@ -628,9 +628,23 @@ class Agent:
                     **fields,
                 )
                 await reporter.finish(req, "failed", RESTARTED_DURING_INSTALL)
+            elif time.time() - record.updated_at > self.settings.operation_timeout:
+                # thin-edge gave up on it long ago and would ignore a late "successful":
+                # installing now would leave the device and the cloud disagreeing.
+                log_event(log, "operation expired while the agent was stopped", **fields)
+                await reporter.finish(
+                    req,
+                    "failed",
+                    f"operation expired while the agent was not running (started "
+                    f"{time.time() - record.updated_at:.0f} s ago, operation_timeout "
+                    f"{self.settings.operation_timeout:g} s); request the update again",
+                )
+            elif not worker.enqueue(req, resumed=True):
+                await reporter.finish(
+                    req, "failed", f"too many queued requests for child {req.child_id}"
+                )
             else:
                 log_event(log, "resuming operation", **fields)
-                worker.enqueue(req, resumed=True)
                 resuming.add(download_name(req))
         log_event(log, "journal recovered", records=len(records), pruned=pruned)
         swept = await trio.to_thread.run_sync(self.downloads.sweep, resuming)
