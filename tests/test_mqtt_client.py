@@ -275,6 +275,27 @@ async def test_keepalive_does_not_kill_a_slow_link_that_is_still_delivering(
         nursery.cancel_scope.cancel()
 
 
+async def test_an_oversized_message_is_dropped_once_and_never_poisons_the_session(
+    mosquitto: MosquittoBroker,
+) -> None:
+    # With a persistent session the broker re-sends an unacknowledged QoS 1 message after
+    # every reconnect: dropping the connection over it would lock the client out for good.
+    small = settings_for(mosquitto, client_id="small-limit", max_packet_size=1000)
+    sender_settings = settings_for(mosquitto, client_id="poison-sender")
+    async with running(small) as receiver, running(sender_settings) as sender:
+        await receiver.wait_connected()
+        async with receiver.subscribe("poison/#") as messages:
+            await sender.publish("poison/big", b"x" * 5000, qos=1)
+            await sender.publish("poison/small", b"fine", qos=1)
+            with trio.fail_after(10):
+                message = await messages.receive()
+            assert (message.topic, message.payload) == ("poison/small", b"fine")
+            with trio.fail_after(10):
+                await receiver.publish("poison/ack", b"still publishing", qos=1)
+        assert receiver.dropped == 1
+        assert receiver.connects == 1, receiver.last_error
+
+
 async def test_messages_published_before_broker_starts_are_delivered_in_order(
     mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
 ) -> None:

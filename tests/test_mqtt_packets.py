@@ -17,6 +17,7 @@ from trio_fwagent.mqtt.packets import (
     ConnAck,
     Connect,
     Disconnect,
+    OversizedPublish,
     Packet,
     PacketDecoder,
     PingReq,
@@ -194,10 +195,28 @@ def test_packet_too_large_is_rejected_from_its_header() -> None:
     with pytest.raises(PacketTooLarge):
         decode(header, max_packet_size=1024)
     decoder = PacketDecoder(max_packet_size=1024)
-    decoder.feed(header)
+    decoder.feed(bytes.fromhex("90 ffff7f"))  # a SUBACK announcing 2 MiB
     with pytest.raises(PacketTooLarge):
         decoder.next_packet()
     assert issubclass(PacketTooLarge, ProtocolError)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_decoder_skips_an_oversized_publish_and_goes_on(qos: int) -> None:
+    """An oversized PUBLISH is reported with its topic and id, its payload discarded as it
+    arrives (never buffered whole), and the next packet decodes normally."""
+    big = encode(Publish("fw/big", b"x" * 5000, qos, packet_id=7 if qos else None))
+    wire = big + encode(PingResp())
+    decoder = PacketDecoder(max_packet_size=1000)
+    got: list[object] = []
+    most_buffered = 0
+    for start in range(0, len(wire), 300):
+        decoder.feed(wire[start : start + 300])
+        while (packet := decoder.next_packet()) is not None:
+            got.append(packet)
+        most_buffered = max(most_buffered, decoder.buffered)
+    assert got == [OversizedPublish("fw/big", qos, 7 if qos else None, len(big)), PingResp()]
+    assert most_buffered < 600
 
 
 def test_max_packet_size_counts_the_whole_packet() -> None:
@@ -512,7 +531,7 @@ def test_decoder_is_independent_of_chunking(items: list[Packet], data: st.DataOb
     stream = b"".join(encode(p) for p in items)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
     decoder = PacketDecoder()
-    got: list[Packet] = []
+    got: list[Packet | OversizedPublish] = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         decoder.feed(stream[start:end])
         while (packet := decoder.next_packet()) is not None:
@@ -525,7 +544,7 @@ def test_decoder_fed_one_byte_at_a_time_yields_all_vectors() -> None:
     """Byte-by-byte feeding yields exactly the packets of the concatenated vectors."""
     stream = b"".join(wire for _, wire in VECTORS)
     decoder = PacketDecoder()
-    got: list[Packet] = []
+    got: list[Packet | OversizedPublish] = []
     for i in range(len(stream)):
         decoder.feed(stream[i : i + 1])
         while (packet := decoder.next_packet()) is not None:

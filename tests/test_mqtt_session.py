@@ -16,10 +16,11 @@ from trio_fwagent.mqtt.errors import (
     PacketTooLarge,
     ProtocolError,
 )
-from trio_fwagent.mqtt.packets import Will
+from trio_fwagent.mqtt.packets import PubAck, Publish, Will, encode
 from trio_fwagent.mqtt.session import (
     ClientSession,
     Connected,
+    MessageDropped,
     MessageReceived,
     PongReceived,
     PublishAcknowledged,
@@ -153,7 +154,23 @@ def test_oversized_inbound_packet_raises_packet_too_large() -> None:
     """The session's max_packet_size is enforced from the header."""
     session = connected_session(max_packet_size=64)
     with pytest.raises(PacketTooLarge):
-        session.receive_data(H("30 ff01"))
+        session.receive_data(H("90 ff01"))
+
+
+def test_oversized_inbound_publish_is_acknowledged_and_reported_not_delivered() -> None:
+    """A too-large QoS 1 message is PUBACKed (else a persistent session re-sends it after
+    every reconnect, forever) and reported as dropped; the connection stays up."""
+    session = connected_session(max_packet_size=64)
+    session.data_to_send()
+    big = encode(Publish("fw/big", b"x" * 500, 1, packet_id=9))
+    small = encode(Publish("fw/small", b"ok", 1, packet_id=10))
+    events = session.receive_data(big + small)
+    assert events == [
+        MessageDropped("fw/big", 1, len(big)),
+        MessageReceived("fw/small", b"ok", 1, False, False),
+    ]
+    assert session.data_to_send() == encode(PubAck(9)) + encode(PubAck(10))
+    assert session.connected
 
 
 def test_receive_without_connection_is_a_usage_error() -> None:

@@ -28,6 +28,7 @@ from trio_fwagent.mqtt.packets import topic_matches as topic_matches
 from trio_fwagent.mqtt.session import ClientSession as ClientSession
 from trio_fwagent.mqtt.session import Connected as Connected
 from trio_fwagent.mqtt.session import Event as Event
+from trio_fwagent.mqtt.session import MessageDropped as MessageDropped
 from trio_fwagent.mqtt.session import MessageReceived as MessageReceived
 from trio_fwagent.mqtt.session import PongReceived as PongReceived
 from trio_fwagent.mqtt.session import PublishAcknowledged as PublishAcknowledged

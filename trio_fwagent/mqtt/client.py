@@ -36,6 +36,7 @@ from trio_fwagent.mqtt.session import (
     ClientSession,
     Connected,
     Event,
+    MessageDropped,
     MessageReceived,
     PongReceived,
     PublishAcknowledged,
@@ -482,6 +483,15 @@ class MqttClient:
                     pass
                 case PongReceived():
                     self._ping_sent_at = None
+                case MessageDropped(topic, qos, size):
+                    self.dropped += 1
+                    logger.warning(
+                        "dropped a %d-byte message on %s (QoS %d): above max_packet_size %d",
+                        size,
+                        topic,
+                        qos,
+                        self.settings.max_packet_size,
+                    )
                 case Connected(session_present):
                     self._on_connected(session_present)
 

@@ -25,6 +25,7 @@ __all__ = [
     "ConnAck",
     "Connect",
     "Disconnect",
+    "OversizedPublish",
     "Packet",
     "PacketDecoder",
     "PingReq",
@@ -50,6 +51,7 @@ __all__ = [
 #: messages are small JSON documents; a peer announcing more than this is cut off from
 #: the header alone, before any body is buffered.
 DEFAULT_MAX_PACKET_SIZE: Final = 1024 * 1024
+_UNLIMITED: Final = 1 << 30  # above any 4-byte remaining length
 #: Largest remaining length four variable-length bytes can express (spec 2.2.3).
 MAX_REMAINING_LENGTH: Final = 268_435_455
 
@@ -761,23 +763,41 @@ def decode(
     return packet, end
 
 
+@dataclass(frozen=True, slots=True)
+class OversizedPublish:
+    """A PUBLISH above the size limit, skipped without buffering its payload.
+
+    Not a packet: what :class:`PacketDecoder` reports instead of one, so that the session
+    can still acknowledge it. Failing the connection instead would not help: with a
+    persistent session the broker re-sends the same message after every reconnect.
+    """
+
+    topic: str
+    qos: int
+    packet_id: int | None
+    size: int
+
+
 class PacketDecoder:
     """Incremental decoder: feed received bytes, take complete packets out.
 
     Bytes are kept in one ``bytearray`` with a read offset, so feeding a large packet in
     many small pieces costs linear time: the header is re-read on each attempt, the body
-    is only parsed once it is complete, and consumed bytes are dropped in bulk.
+    is only parsed once it is complete, and consumed bytes are dropped in bulk. A PUBLISH
+    above ``max_packet_size`` is reported as :class:`OversizedPublish` once its topic and
+    packet id have arrived, and its payload is discarded as it comes.
 
     Args:
         max_packet_size: Largest accepted packet, fixed header included.
     """
 
-    __slots__ = ("_buf", "_max_packet_size", "_pos")
+    __slots__ = ("_buf", "_max_packet_size", "_pos", "_skip")
 
     def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_packet_size = max_packet_size
+        self._skip = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes received from the peer."""
@@ -787,13 +807,19 @@ class PacketDecoder:
             self._pos = 0
         self._buf += data
 
-    def next_packet(self) -> Packet | None:
+    def next_packet(self) -> Packet | OversizedPublish | None:
         """Return the next complete packet, or None if more bytes are needed.
 
         Raises:
-            PacketTooLarge: The next packet's header announces more than the limit.
+            PacketTooLarge: The next packet (not a PUBLISH) announces more than the limit.
             ProtocolError: The peer sent malformed bytes; the stream is unusable.
         """
+        if self._skip:
+            dropped = min(self._skip, len(self._buf) - self._pos)
+            self._pos += dropped
+            self._skip -= dropped
+            if self._skip:
+                return None
         if self._pos >= len(self._buf):
             return None
         # Release every view explicitly: a live export would stop the bytearray from
@@ -803,8 +829,43 @@ class PacketDecoder:
                 packet, used = decode(view, max_packet_size=self._max_packet_size)
             except NeedMoreData:
                 return None
+            except PacketTooLarge:
+                if view[0] >> 4 != _PUBLISH:
+                    raise
+                oversized = self._oversized_publish(view)
+                if oversized is None:
+                    return None
+                skipped, used = oversized
+                self._skip = skipped.size - used
+                self._pos += used
+                return skipped
         self._pos += used
         return packet
+
+    @staticmethod
+    def _oversized_publish(view: memoryview) -> tuple[OversizedPublish, int] | None:
+        """An oversized PUBLISH's topic and packet id (None: need more bytes), and how
+        many of its bytes are buffered."""
+        _, flags, header_len, remaining = _decode_header(view, _UNLIMITED)
+        qos = (flags >> 1) & 0x03
+        if qos == 3:
+            raise ProtocolError("PUBLISH with QoS 3")
+        need = header_len + 2
+        if len(view) < need:
+            return None
+        topic_len = int.from_bytes(view[header_len:need], "big")
+        need += topic_len + (2 if qos else 0)
+        if need > header_len + remaining:
+            raise ProtocolError("PUBLISH variable header longer than the packet")
+        if len(view) < need:
+            return None
+        try:
+            topic = bytes(view[header_len + 2 : header_len + 2 + topic_len]).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("PUBLISH topic is not valid UTF-8") from None
+        packet_id = int.from_bytes(view[need - 2 : need], "big") if qos else None
+        size = header_len + remaining
+        return OversizedPublish(topic, qos, packet_id, size), min(len(view), size)
 
     def clear(self) -> None:
         """Forget buffered bytes (the connection they belonged to is gone)."""

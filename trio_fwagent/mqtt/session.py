@@ -23,6 +23,7 @@ from trio_fwagent.mqtt.packets import (
     ConnAck,
     Connect,
     Disconnect,
+    OversizedPublish,
     Packet,
     PacketDecoder,
     PingReq,
@@ -44,6 +45,7 @@ __all__ = [
     "ClientSession",
     "Connected",
     "Event",
+    "MessageDropped",
     "MessageReceived",
     "PongReceived",
     "PublishAcknowledged",
@@ -103,6 +105,16 @@ class PongReceived:
     """PINGRESP: the broker answered a keep-alive ping."""
 
 
+@dataclass(frozen=True, slots=True)
+class MessageDropped:
+    """An inbound message above ``max_packet_size``: acknowledged to the broker (so it is
+    not re-sent forever) but not delivered."""
+
+    topic: str
+    qos: int
+    size: int
+
+
 Event: TypeAlias = (
     Connected
     | MessageReceived
@@ -110,6 +122,7 @@ Event: TypeAlias = (
     | SubscribeAcknowledged
     | UnsubscribeAcknowledged
     | PongReceived
+    | MessageDropped
 )
 
 
@@ -383,7 +396,12 @@ class ClientSession:
         events.append(PublishAcknowledged(entry.packet_id))
         self._pump()
 
-    def _handle(self, packet: Packet, events: list[Event]) -> None:
+    def _handle(self, packet: Packet | OversizedPublish, events: list[Event]) -> None:
+        if isinstance(packet, OversizedPublish):
+            if self._state is _State.CONNECTING:
+                raise ProtocolError("expected CONNACK, got an oversized PUBLISH")
+            self._handle_oversized(packet, events)
+            return
         if self._state is _State.CONNECTING:
             if not isinstance(packet, ConnAck):
                 raise ProtocolError(f"expected CONNACK, got {type(packet).__name__}")
@@ -438,6 +456,17 @@ class ClientSession:
             self._inbound_qos2.clear()
         events.append(Connected(packet.session_present))
         self._pump()
+
+    def _handle_oversized(self, packet: OversizedPublish, events: list[Event]) -> None:
+        """Acknowledge as if delivered (the broker would re-send it forever), report it."""
+        events.append(MessageDropped(packet.topic, packet.qos, packet.size))
+        if packet.packet_id is None:
+            return
+        if packet.qos == 1:
+            self._out += encode(PubAck(packet.packet_id))
+        else:
+            self._inbound_qos2.add(packet.packet_id)
+            self._out += encode(PubRec(packet.packet_id))
 
     def _handle_publish(self, packet: Publish, events: list[Event]) -> None:
         message = MessageReceived(

@@ -27,6 +27,7 @@ from trio_fwagent.mqtt.packets import (
     ConnAck,
     Connect,
     Disconnect,
+    OversizedPublish,
     Packet,
     PacketDecoder,
     PingReq,
@@ -184,6 +185,8 @@ class MiniBroker:
                         elif isinstance(packet, Disconnect):
                             clean_exit = True
                             raise _Closed("disconnect")
+                        elif isinstance(packet, OversizedPublish):
+                            raise _Closed(f"PUBLISH of {packet.size} bytes is too large")
                         else:
                             self._handle(session, packet, send)
             except (_Closed, MqttError) as why:
