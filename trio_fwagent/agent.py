@@ -341,7 +341,8 @@ class SharedDownloads:
         """A complete, matching file kept from before (keep_downloads, or a restart)."""
         if request.sha256 is None or not entry.dest.is_file():
             return None
-        digest = await trio.to_thread.run_sync(file_sha256, entry.dest)
+        # Read-only, so a shutdown need not wait for a multi-GiB hash to finish.
+        digest = await trio.to_thread.run_sync(file_sha256, entry.dest, abandon_on_cancel=True)
         if digest != request.sha256:
             with contextlib.suppress(OSError):
                 entry.dest.unlink()

@@ -18,7 +18,8 @@ on its way to the broker:
 Cancellation from outside (the agent shutting down) is different on purpose: an operation
 that is downloading is left journaled as DOWNLOADING so the next start resumes its partial
 file; one that is installing is journaled ``failed`` (its installer was killed, the device
-state is unknown) and reported with a short shielded publish.
+state is unknown). Its publish is attempted, but during a shutdown the MQTT client is
+usually gone already: the journaled status is then sent at the next start.
 
 This module does not subscribe, parse requests, dedupe re-sent requests, or queue work
 (that is :mod:`trio_fwagent.agent`); it does not implement HTTP or the installer hooks (it
