@@ -648,18 +648,27 @@ class Agent:
                 log_event(log, "resuming operation", **fields)
                 resuming.add(download_name(req))
         log_event(log, "journal recovered", records=len(records), pruned=pruned)
-        swept = await trio.to_thread.run_sync(self.downloads.sweep, resuming)
-        if swept:
-            log_event(log, "download leftovers removed", files=swept)
+        try:
+            swept = await trio.to_thread.run_sync(self.downloads.sweep, resuming)
+        except OSError as exc:
+            log_event(log, "cannot remove download leftovers", logging.WARNING, error=exc)
+        else:
+            if swept:
+                log_event(log, "download leftovers removed", files=swept)
 
     async def _housekeeping(self) -> None:
         """Once a day: prune old journal records and leftover partial downloads."""
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL)
-            await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
-            await trio.to_thread.run_sync(
-                functools.partial(self.downloads.sweep, (), older_than=KEEP_LEFTOVER_DOWNLOADS_FOR)
-            )
+            try:
+                await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
+                await trio.to_thread.run_sync(
+                    functools.partial(
+                        self.downloads.sweep, (), older_than=KEEP_LEFTOVER_DOWNLOADS_FOR
+                    )
+                )
+            except OSError as exc:  # tidying up must never stop the agent
+                log_event(log, "housekeeping failed", logging.WARNING, error=exc)
 
     async def _run_client(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -395,6 +395,9 @@ class MqttClient:
         finally:
             reason = died[0] if died else reason
             polite = self._session.connected and not died and not stream_dirty[0]
+            if died:
+                # Before `connected` turns False: whoever sees the disconnect sees why.
+                self.last_error = reason
             self._mark_disconnected()
             with trio.move_on_after(_GOODBYE_GRACE, shield=True):
                 if polite:
