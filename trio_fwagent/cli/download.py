@@ -127,6 +127,23 @@ def fail(message: str, code: int = EXIT_FAILED) -> click.exceptions.Exit:
     return click.exceptions.Exit(code)
 
 
+#: Options shared by every command that downloads (``download`` and ``update``).
+attempts_option = click.option(
+    "--attempts",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Give up the download after this many failed attempts in a row.",
+)
+stall_timeout_option = click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds without receiving a byte before the connection is retried.",
+)
+
+
 @cli.command("download")
 @click.argument("url", callback=check_url)
 @click.option(
@@ -143,20 +160,8 @@ def fail(message: str, code: int = EXIT_FAILED) -> click.exceptions.Exit:
     metavar="HEX",
     help="Expected SHA-256; the file is kept only if it matches.",
 )
-@click.option(
-    "--attempts",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Give up after this many failed attempts in a row.",
-)
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds without receiving a byte before the connection is retried.",
-)
+@attempts_option
+@stall_timeout_option
 async def download_command(
     url: str, output: Path, sha256: str | None, attempts: int, stall_timeout: float
 ) -> None:

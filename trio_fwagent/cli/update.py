@@ -19,11 +19,13 @@ from trio_fwagent.cli import cli
 from trio_fwagent.cli.download import (
     EXIT_USAGE,
     Interrupted,
+    attempts_option,
     check_sha256,
     check_url,
     describe_partial,
     fail,
     run_interruptible,
+    stall_timeout_option,
 )
 from trio_fwagent.contract import FirmwareRequest
 from trio_fwagent.download import DownloadError, RetryPolicy, download
@@ -104,20 +106,8 @@ async def _already_downloaded(dest: Path, sha256: str) -> bool:
     show_default=True,
     help="Seconds the installer may run before its process group is killed.",
 )
-@click.option(
-    "--stall-timeout",
-    type=click.FloatRange(min=0.1),
-    default=60.0,
-    show_default=True,
-    help="Seconds without receiving a byte before the connection is retried.",
-)
-@click.option(
-    "--attempts",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Give up the download after this many failed attempts in a row.",
-)
+@stall_timeout_option
+@attempts_option
 @click.option("--keep-download", is_flag=True, help="Keep the image in the data dir afterwards.")
 async def update(
     url: str,
