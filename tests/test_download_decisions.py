@@ -100,6 +100,14 @@ def test_bad_206_refetches_from_zero(content_range: str | None, why: str) -> Non
     assert why in decision.reason
 
 
+def test_206_without_a_total_refetches_even_when_no_length_is_known() -> None:
+    # With no total anywhere, the end of this body cannot say the file is complete: a
+    # download without a sha256 (te/ requests) would be taken as whole while short.
+    decision = at(500, 206, {"Content-Range": "bytes 500-999/*"}, known=Validators())
+    assert isinstance(decision, Refetch)
+    assert "without the file's total" in decision.reason
+
+
 def test_206_with_another_etag_refetches() -> None:
     decision = at(500, 206, {"Content-Range": "bytes 500-999/1000", "ETag": '"v2"'})
     assert isinstance(decision, Refetch) and "ETag changed" in decision.reason
