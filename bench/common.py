@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from trio_fwagent.testing.mosquitto import BrokerStartError, MosquittoBroker, find_mosquitto
+from trio_fwagent.testing.nginx import Nginx, find_nginx, running_nginx
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -187,19 +188,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, limit: float = 10.0) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + limit
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(f"nothing listens on 127.0.0.1:{port} after {limit} s")
-        time.sleep(0.02)
-
-
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps."""
     if proc.poll() is None:
@@ -213,110 +201,25 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 # --------------------------------------------------------------------------- services
 
-_NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {tmp}/error.log warn;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    log_format bench '$status $body_bytes_sent';
-    access_log {access_log};
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 30;
-    default_type application/octet-stream;
-    types {{ }}
-{temp_paths}
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location / {{ }}
-    }}
-}}
-"""
-
-
-def nginx_binary() -> str:
-    """Path of the nginx executable (Debian puts it in /usr/sbin, often not on PATH)."""
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        raise Skipped("nginx is not installed (apt-get install nginx-light)")
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class Nginx:
-    """A running private nginx: its base URL and, when asked for, its access log."""
-
-    url: str
-    access_log: Path | None
-
-    def served(self) -> tuple[int, int]:
-        """(requests answered, body bytes sent) so far, from the access log."""
-        if self.access_log is None:
-            raise BenchError("nginx was started without count_bytes=True")
-        count = sent = 0
-        with contextlib.suppress(OSError):
-            for line in self.access_log.read_text().splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[1].isdigit():
-                    count += 1
-                    sent += int(parts[1])
-        return count, sent
-
 
 @contextlib.contextmanager
 def nginx_server(root: Path, *, count_bytes: bool = False) -> Iterator[Nginx]:
     """Serve ``root`` with a private nginx on a free loopback port.
 
-    One process (``master_process off``) running as the current user, all paths (pid,
-    logs, temp directories) inside a private temp dir, static files with sendfile, Range
-    and ETag support as nginx does by default. With ``count_bytes`` an unbuffered
-    access log records each response's status and body bytes (see Nginx.served).
+    The same nginx the tests use (:func:`trio_fwagent.testing.nginx.running_nginx`): one
+    process, all its paths inside a private temp dir, sendfile, Range and ETag as nginx
+    does by default; ``Nginx.served()`` counts requests and body bytes from its access
+    log (``count_bytes`` is kept for the callers' sake: the log is always written).
     """
-    binary = nginx_binary()
+    del count_bytes
+    if find_nginx() is None:
+        raise Skipped("nginx is not installed (apt-get install nginx-light)")
     tmp = Path(tempfile.mkdtemp(prefix="nginx-"))
-    access_log = tmp / "access.log" if count_bytes else None
-    log_conf = f"{access_log} bench" if access_log else "off"
-    temp_paths = "\n".join(
-        f"    {kind}_temp_path {tmp}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
     try:
-        for _attempt in range(5):
-            port = free_port()
-            conf = tmp / "nginx.conf"
-            conf.write_text(
-                _NGINX_CONF.format(
-                    tmp=tmp, port=port, root=root, temp_paths=temp_paths, access_log=log_conf
-                )
-            )
-            err = (tmp / "stderr.log").open("wb")
-            proc = subprocess.Popen(
-                [binary, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-            )
-            err.close()
-            try:
-                wait_for_port(port, proc)
-            except BenchError:
-                stop_process(proc)
-                text = _tail(tmp / "error.log") + _tail(tmp / "stderr.log")
-                if "Address already in use" in text:
-                    continue
-                raise BenchError(f"nginx did not start: {text.strip()}") from None
-            try:
-                yield Nginx(f"http://127.0.0.1:{port}", access_log)
-            finally:
-                stop_process(proc)
-            return
-        raise BenchError("nginx: no free port after 5 attempts")
+        with running_nginx(root, tmp) as nginx:
+            yield nginx
+    except RuntimeError as exc:
+        raise BenchError(str(exc)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -346,13 +249,6 @@ def mosquitto_broker(*, tcp_nodelay: bool = False) -> Iterator[int]:
             broker.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tail(path: Path, n: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- measured runs
@@ -656,10 +552,7 @@ def machine() -> dict[str, Any]:
 
 
 def _which_nginx() -> str:
-    try:
-        return nginx_binary()
-    except Skipped:
-        return "nginx"
+    return find_nginx() or "nginx"
 
 
 def _cpu_model() -> str:

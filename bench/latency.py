@@ -68,7 +68,7 @@ def _measure(
         agent_process(cli, work, port, [CHILD]) as agent,
         observer(port) as obs,
     ):
-        url = f"{nginx.url}/small.bin"
+        url = f"{nginx.base_url}/small.bin"
         wait_until_serving(obs, agent, CHILD, url, sha)
         started = time.monotonic()
         for i in range(count):

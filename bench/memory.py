@@ -80,7 +80,7 @@ def run(opts: Options, ws: Workspace) -> Report:
     with nginx_server(www) as nginx:
         for label, n, kind, how in runs:
             source, sha = ws.data_file(n)
-            url = f"{nginx.url}/{source.name}"
+            url = f"{nginx.base_url}/{source.name}"
             dest_dir = ws.target_dir("disk")
             dest = dest_dir / "image.bin"
             if kind is None:

@@ -72,12 +72,14 @@ def run(opts: Options, ws: Workspace) -> Report:
                     # Warm up on a file nobody else asks for, so nothing is cached.
                     warm = www / "warmup.bin"
                     warm_sha = make_file(warm, 4096, seed=999)
-                    wait_until_serving(obs, agent, children[0], f"{nginx.url}/warmup.bin", warm_sha)
+                    wait_until_serving(
+                        obs, agent, children[0], f"{nginx.base_url}/warmup.bin", warm_sha
+                    )
                     _, sent_before = nginx.served()
                     start = time.perf_counter()
                     for child, f in zip(children, files, strict=True):
                         obs.request(
-                            child, f"{scenario}-{child}", f"{nginx.url}/fw-{f}.bin", shas[f]
+                            child, f"{scenario}-{child}", f"{nginx.base_url}/fw-{f}.bin", shas[f]
                         )
                     obs.wait_all_finished([(c, f"{scenario}-{c}") for c in children], limit)
                     code, rss = agent.stop()

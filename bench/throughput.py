@@ -190,7 +190,7 @@ def run(opts: Options, ws: Workspace) -> Report:
     samples: dict[str, dict[str, list[tuple[float, int, float | None]]]] = {}
     notes = {row: note for p in found for row, _, note in p.rows}
     with nginx_server(source.parent) as nginx:
-        url = f"{nginx.url}/{source.name}"
+        url = f"{nginx.base_url}/{source.name}"
         targets = []
         for target in opts.targets:
             try:
