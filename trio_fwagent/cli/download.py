@@ -18,7 +18,7 @@ import asyncclick as click
 import trio
 
 from trio_fwagent.cli import cli
-from trio_fwagent.download import DownloadError, RetryPolicy, download
+from trio_fwagent.download import DownloadError, DownloadResult, RetryPolicy, download
 from trio_fwagent.progress import ProgressDisplay, format_bytes
 
 T = TypeVar("T")
@@ -127,6 +127,49 @@ def fail(message: str, code: int = EXIT_FAILED) -> click.exceptions.Exit:
     return click.exceptions.Exit(code)
 
 
+async def download_or_exit(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None,
+    attempts: int,
+    stall_timeout: float,
+    command: str = "download",
+) -> DownloadResult:
+    """``download()`` with a progress display, for a person at a terminal.
+
+    On Ctrl-C (or SIGTERM) or a failed download it says what was kept and how to resume,
+    then exits (130/143, or 1 with ``<command> failed: <reason>``).
+    """
+    display = ProgressDisplay(label="download")
+    try:
+        result = await run_interruptible(
+            lambda: download(
+                url,
+                dest,
+                sha256=sha256,
+                retry=RetryPolicy(max_attempts=attempts),
+                stall_timeout=stall_timeout,
+                on_progress=display,
+            )
+        )
+    except Interrupted as stop:
+        display.finish()
+        kept = describe_partial(dest)
+        click.echo(f"interrupted: {kept or 'nothing downloaded yet'}", err=True)
+        if kept:
+            click.echo("run the same command again to resume", err=True)
+        raise click.exceptions.Exit(stop.exit_code) from None
+    except DownloadError as error:
+        display.finish()
+        kept = describe_partial(dest)
+        if kept:
+            click.echo(f"{kept}; run the same command again to resume", err=True)
+        raise fail(f"{command} failed: {error.reason}") from None
+    display.finish()
+    return result
+
+
 #: Options shared by every command that downloads (``download`` and ``update``).
 attempts_option = click.option(
     "--attempts",
@@ -187,32 +230,9 @@ async def download_command(
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise fail(f"cannot create {output.parent}: {error.strerror}", EXIT_USAGE) from None
-    display = ProgressDisplay(label="download")
-    try:
-        result = await run_interruptible(
-            lambda: download(
-                url,
-                output,
-                sha256=sha256,
-                retry=RetryPolicy(max_attempts=attempts),
-                stall_timeout=stall_timeout,
-                on_progress=display,
-            )
-        )
-    except Interrupted as stop:
-        display.finish()
-        kept = describe_partial(output)
-        click.echo(f"interrupted: {kept or 'nothing downloaded yet'}", err=True)
-        if kept:
-            click.echo("run the same command again to resume", err=True)
-        raise click.exceptions.Exit(stop.exit_code) from None
-    except DownloadError as error:
-        display.finish()
-        kept = describe_partial(output)
-        if kept:
-            click.echo(f"{kept}; run the same command again to resume", err=True)
-        raise fail(f"download failed: {error.reason}") from None
-    display.finish()
+    result = await download_or_exit(
+        url, output, sha256=sha256, attempts=attempts, stall_timeout=stall_timeout
+    )
     click.echo(
         f"downloaded {format_bytes(result.size)} in {result.elapsed:.1f} s "
         f"({format_bytes(result.bytes_received)} received, {result.resumes} resumes, "

@@ -22,13 +22,12 @@ from trio_fwagent.cli.download import (
     attempts_option,
     check_sha256,
     check_url,
-    describe_partial,
+    download_or_exit,
     fail,
     run_interruptible,
     stall_timeout_option,
 )
 from trio_fwagent.contract import FirmwareRequest
-from trio_fwagent.download import DownloadError, RetryPolicy, download
 from trio_fwagent.download.verify import file_sha256
 from trio_fwagent.install import (
     InstallError,
@@ -37,7 +36,7 @@ from trio_fwagent.install import (
     run_installer,
     split_command,
 )
-from trio_fwagent.progress import ProgressDisplay, format_bytes
+from trio_fwagent.progress import format_bytes
 
 DIALECT = "cli"
 
@@ -218,34 +217,9 @@ async def _bounded_install(argv: list[str], env: dict[str, str], limit: float) -
 
 
 async def _download(url: str, dest: Path, sha256: str, attempts: int, stall: float) -> None:
-    display = ProgressDisplay(label="download")
-    try:
-        result = await run_interruptible(
-            lambda: download(
-                url,
-                dest,
-                sha256=sha256,
-                retry=RetryPolicy(max_attempts=attempts),
-                stall_timeout=stall,
-                on_progress=display,
-            )
-        )
-    except Interrupted as stop:
-        display.finish()
-        kept = describe_partial(dest)
-        if kept:
-            click.echo(f"interrupted: {kept}", err=True)
-            click.echo("run the same command again to resume the download", err=True)
-        else:
-            click.echo("interrupted before anything was downloaded", err=True)
-        raise click.exceptions.Exit(stop.exit_code) from None
-    except DownloadError as error:
-        display.finish()
-        kept = describe_partial(dest)
-        if kept:
-            click.echo(f"{kept}; run the same command again to resume", err=True)
-        raise fail(f"update failed: {error.reason}") from None
-    display.finish()
+    result = await download_or_exit(
+        url, dest, sha256=sha256, attempts=attempts, stall_timeout=stall, command="update"
+    )
     click.echo(
         f"downloaded and verified {format_bytes(result.size)} in {result.elapsed:.1f} s "
         f"({result.resumes} resumes, {result.restarts} restarts)",
