@@ -565,6 +565,34 @@ async def test_resent_request_while_queued_or_running_joins_it(
     ) == 2
 
 
+async def test_queued_request_keepalive_does_not_pile_up_while_the_broker_is_away(
+    harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        return harness.operation(
+            request=request,
+            fetcher=FakeFetcher(harness.tmp_path, delay=1000.0),
+            executing_interval=10.0,
+        )
+
+    worker = ChildWorker("c1", factory, harness.reporter, executing_interval=10.0)
+    await nursery.start(worker.run)
+    await worker.submit(make_request("x"))
+    await worker.submit(make_request("y"))  # queued behind x for 1000 s
+    await trio.sleep(1)
+    harness.publisher.go_down()
+    await trio.sleep(200)  # 20 keepalive intervals with the broker away
+    sent_while_down = len(harness.publisher.sent)
+    harness.publisher.up.set()
+    await trio.sleep(1)
+    flushed = [(b["id"], b["status"]) for _, b in harness.publisher.sent[sent_while_down:]]
+    # One keepalive for y waited for the broker, not twenty.
+    assert flushed.count(("y", "executing")) == 1
+    await trio.sleep(30)  # keepalives go on after the broker is back
+    later = [(b["id"], b["status"]) for _, b in harness.publisher.sent[sent_while_down:]]
+    assert later.count(("y", "executing")) >= 3
+
+
 # ----------------------------------------------------------------- logs
 
 

@@ -383,21 +383,37 @@ class ChildWorker:
         self.active: dict[str, FirmwareRequest] = {}  # queued or running, by op id
         self._submit_lock = trio.Lock()
         self.running: str | None = None
+        self._keepalive_unacked: set[str] = set()  # op ids whose keepalive is on its way
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Takes operations off the queue until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._keep_queued_alive)
+            nursery.start_soon(self._keep_queued_alive, nursery)
             task_status.started()
             await self._work()
 
-    async def _keep_queued_alive(self) -> None:
-        """Re-sends ``executing`` for each queued request (the running one does its own)."""
+    async def _keep_queued_alive(self, nursery: trio.Nursery) -> None:
+        """Re-sends ``executing`` for each queued request (the running one does its own).
+
+        At most one per request is on its way: while the broker is away the previous one
+        still waits in the client's outbox, and a pile of stale ``executing`` statuses
+        flushed at reconnection would tell thin-edge nothing more.
+        """
         while True:
             await trio.sleep(self._executing_interval)
             for op_id, request in list(self.active.items()):
-                if op_id != self.running:
-                    self._reporter.executing_soon(request)
+                if op_id != self.running and op_id not in self._keepalive_unacked:
+                    self._keepalive_unacked.add(op_id)
+                    nursery.start_soon(self._keepalive, op_id, request)
+
+    async def _keepalive(self, op_id: str, request: FirmwareRequest) -> None:
+        message = DIALECTS[request.dialect].status(request, "executing")
+        try:
+            await self._reporter.publish(message)
+        except Exception as exc:
+            log_event(log, "publish failed", logging.WARNING, topic=message.topic, error=exc)
+        finally:
+            self._keepalive_unacked.discard(op_id)
 
     async def _work(self) -> None:
         async with self._receive:
