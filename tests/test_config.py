@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
 from trio_fwagent.config import KEYS, Config, ConfigError, load_config
 
@@ -203,3 +205,50 @@ def test_run_exits_2_for_an_unusable_data_dir(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "data_dir" in result.stderr
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    ca = trustme.CA()
+    issued = ca.issue_cert("child-1")
+    paths = tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client.key"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    issued.cert_chain_pems[0].write_to_path(str(paths[1]))
+    issued.private_key_pem.write_to_path(str(paths[2]))
+    return paths
+
+
+def test_tls_files_that_load_are_accepted(tmp_path: Path) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    flags = {"mqtt_ca_file": str(ca), "mqtt_cert_file": str(cert), "mqtt_key_file": str(key)}
+    config = load_config(None, {**BASE, **flags}, {})
+    assert config.mqtt_tls and config.mqtt_cert_file == cert
+
+
+@pytest.mark.parametrize("broken", ["ca", "cert", "key", "other-key", "encrypted-key"])
+def test_tls_files_that_do_not_load_stop_the_start(tmp_path: Path, broken: str) -> None:
+    """A wrong TLS file is a configuration error (exit 2), not a retry loop forever."""
+    ca, cert, key = _tls_files(tmp_path)
+    if broken == "ca":
+        ca.write_text("not a certificate\n")
+    elif broken == "cert":
+        cert.write_bytes(key.read_bytes())  # a key where the certificate belongs
+    elif broken == "key":
+        key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    elif broken == "other-key":
+        trustme.CA().issue_cert("x").private_key_pem.write_to_path(str(key))
+    else:
+        pem = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        key.write_bytes(
+            pem.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            )
+        )
+    flags = {"mqtt_ca_file": str(ca), "mqtt_cert_file": str(cert), "mqtt_key_file": str(key)}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {**BASE, **flags}, {})
+    assert info.value.key == ("mqtt_ca_file" if broken == "ca" else "mqtt_cert_file")
+    assert str(ca if broken == "ca" else cert) in str(info.value)
+    if broken == "encrypted-key":
+        assert "encrypted" in str(info.value)

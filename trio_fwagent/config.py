@@ -7,7 +7,8 @@ validation path; a bad value raises :class:`ConfigError` naming the key (and the
 came from), which the CLI turns into exit status 2.
 
 This module owns parsing and validation only. It does not open connections, create
-directories or read anything but the config file and the MQTT password file.
+directories or read anything but the config file, the MQTT password file and the TLS files
+(loaded once, so that a wrong one is a configuration error at start).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -377,6 +379,36 @@ def load_config(
     return _finish(values)
 
 
+def _no_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ValueError("the key is encrypted (passphrase-protected keys are not supported)")
+
+
+def _check_tls_files(values: dict[str, object]) -> None:
+    """Loads the TLS files once, so a wrong one stops the start (exit 2) instead of
+    every connection attempt failing forever."""
+    ca, cert, key = (
+        cast(Path | None, values.get(k))
+        for k in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+    )
+    if ca is not None:
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                "mqtt_ca_file", f"{ca} holds no usable CA certificate: {exc}"
+            ) from None
+    if cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_cert_chain(str(cert), str(key) if key else None, password=_no_password)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            what = f"{cert} with the key in {key}" if key else f"{cert} (certificate and key)"
+            raise ConfigError(
+                "mqtt_cert_file", f"cannot load the client certificate {what}: {exc}"
+            ) from None
+
+
 def _finish(values: dict[str, object]) -> Config:
     """Cross-key checks and derived defaults."""
     children = cast(tuple[str, ...], values.get("child_id", ()))
@@ -407,6 +439,8 @@ def _finish(values: dict[str, object]) -> Config:
             if not path.is_file():
                 raise ConfigError(key, f"{path} is not a readable file")
             values["mqtt_tls"] = True  # certificates only make sense with TLS
+
+    _check_tls_files(values)
 
     password_file = cast(Path | None, values.get("mqtt_password_file"))
     if password_file is not None:

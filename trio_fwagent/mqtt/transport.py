@@ -295,6 +295,11 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
     return leaves[0]
 
 
+def _no_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise ValueError("the key is encrypted (passphrase-protected keys are not supported)")
+
+
 def _ssl_context(settings: MqttSettings) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(
@@ -304,8 +309,9 @@ def _ssl_context(settings: MqttSettings) -> ssl.SSLContext:
             context.load_cert_chain(
                 str(settings.cert_file),
                 str(settings.key_file) if settings.key_file else None,
+                password=_no_password,
             )
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:
         raise MqttUsageError(f"cannot load TLS files: {exc}") from exc
     return context
 
