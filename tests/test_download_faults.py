@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import random
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,45 @@ async def test_cancelled_download_keeps_its_partial_file_and_resumes(
     assert stats.ranges[-1] == f"bytes={kept}-"
     assert stats.bodies[-1] == len(data) - kept  # only the rest was sent
     assert (tmp_path / "fw.bin").read_bytes() == data
+
+
+async def test_cancel_during_the_rehash_of_a_partial_file_ends_it_at_once(
+    fault_server: FaultyFileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-hashing a large partial from slow storage must not hold up a SIGTERM."""
+    data = content(16 * MiB)
+    url = fault_server.add_file("/fw.bin", data)
+    (tmp_path / "fw.bin.part").write_bytes(data[: 12 * MiB])
+    sidecar = Sidecar(
+        url=url, sha256=sha(data), etag=None, last_modified=None, length=len(data), offset=0
+    )
+    save_sidecar(tmp_path / "fw.bin.part.json", sidecar)
+    monkeypatch.setattr(writer_module, "_REHASH_BLOCK", 64 * 1024)
+    reads = 0
+    first_read = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def slow_read(fd: int, n: int) -> bytes:  # 192 blocks of a slow eMMC: ~10 s
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            token.run_sync_soon(first_read.set)
+        time.sleep(0.05)
+        return os.read(fd, n)
+
+    monkeypatch.setattr(writer_module, "_os_read", slow_read)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download, url, tmp_path / "fw.bin")
+            await first_read.wait()
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert reads <= 3  # stopped within a block or two, not after all 192
+    assert fault_server.requests == 0
+    # The partial file and its sidecar are kept for the next run, which completes.
+    monkeypatch.setattr(writer_module, "_os_read", os.read)
+    result = await download(url, tmp_path / "fw.bin", sha256=sha(data))
+    assert result.bytes_received == 4 * MiB and leftovers(tmp_path) == ["fw.bin"]
 
 
 async def test_complete_partial_file_needs_only_a_416(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from trio_fwagent.download import DownloadError
 from trio_fwagent.download import writer as writer_module
 from trio_fwagent.download.sidecar import Sidecar, load_sidecar, save_sidecar, sidecar_path
-from trio_fwagent.download.writer import PartFile, check_free_space
+from trio_fwagent.download.writer import PartFile, Stopped, check_free_space
 
 
 def test_write_hashes_everything_written(tmp_path: Path) -> None:
@@ -50,6 +52,29 @@ def test_reopen_keeps_and_rehashes_the_prefix_and_drops_the_tail(tmp_path: Path)
         part.close()
     assert path.read_bytes() == b"012345XY"
     assert digest == hashlib.sha256(b"012345XY").hexdigest()
+
+
+def test_reopen_stops_rehashing_when_told_and_closes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fw.part"
+    path.write_bytes(b"x" * (8 * writer_module._REHASH_BLOCK))
+    stop = threading.Event()
+    reads = 0
+
+    def read_then_stop(fd: int, n: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads == 3:
+            stop.set()  # as a cancellation in the event loop would, mid-way
+        return os.read(fd, n)
+
+    monkeypatch.setattr(writer_module, "_os_read", read_then_stop)
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(Stopped):
+        PartFile.open(path, path.stat().st_size, stop)
+    assert reads == 3  # not the 8 blocks of the whole prefix
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_restart_truncates_and_resets_the_hash(tmp_path: Path) -> None:

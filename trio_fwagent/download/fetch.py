@@ -21,6 +21,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,7 @@ from trio_fwagent.download.sidecar import (
 from trio_fwagent.download.transport import create_client
 from trio_fwagent.download.writer import (
     PartFile,
+    Stopped,
     check_free_space,
     fsync_directory,
     os_error,
@@ -226,16 +228,40 @@ class _Download:
 
     async def run(self, client: httpx.AsyncClient) -> DownloadResult:
         self._started = trio.current_time()
-        await trio.to_thread.run_sync(self._open_part)
         try:
+            await self._open_part_stoppable()
             await self._transfer(client)
             return await self._finish()
         finally:
-            self._file.close()
+            if self._part is not None:
+                self._part.close()
 
     # -- opening, finishing ----------------------------------------------------------
 
-    def _open_part(self) -> None:
+    async def _open_part_stoppable(self) -> None:
+        """:meth:`_open_part` in a worker thread that a cancellation stops within a block.
+
+        (Re-hashing a 1 GiB partial file from a slow eMMC takes tens of seconds: a
+        SIGTERM must not wait for it, nor abandon a thread holding the file open.)
+        """
+        stop = threading.Event()
+
+        async def stop_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_when_cancelled)
+            try:
+                await trio.to_thread.run_sync(self._open_part, stop)
+            except Stopped:
+                await trio.lowlevel.checkpoint()  # raises the Cancelled that set `stop`
+                raise  # pragma: no cover - `stop` is only set by a cancellation
+            nursery.cancel_scope.cancel()
+
+    def _open_part(self, stop: threading.Event | None = None) -> None:
         """Worker thread: continue or discard what an earlier run left."""
         saved = load_sidecar(self._sidecar_path)
         try:
@@ -254,7 +280,7 @@ class _Download:
         )
         if point.discarded is not None:
             log.info("discarding %s: %s", self._part_path, point.discarded)
-        self._part = PartFile.open(self._part_path, point.offset)
+        self._part = PartFile.open(self._part_path, point.offset, stop)
         self._validators = point.validators
         if point.offset:
             log.info("continuing %s at byte %d of %s", self._shown, point.offset, self._dest)

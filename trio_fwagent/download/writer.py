@@ -18,16 +18,19 @@ import errno
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from trio_fwagent.download.model import DownloadError, human_size
 
-__all__ = ["PartFile", "check_free_space", "fsync_directory", "os_error"]
+__all__ = ["PartFile", "Stopped", "check_free_space", "fsync_directory", "os_error"]
 
 _REHASH_BLOCK = 1 << 20
-# Indirection so a unit test can make writes fail (ENOSPC) without touching os.write.
+# Indirections so a unit test can make writes fail (ENOSPC) or reads slow without
+# touching the os module.
 _os_write = os.write
+_os_read = os.read
 
 _ERRNO_TEXT = {
     errno.ENOSPC: "no space left on the device",
@@ -39,6 +42,10 @@ _ERRNO_TEXT = {
     errno.EISDIR: "is a directory",
     errno.EIO: "I/O error",
 }
+
+
+class Stopped(Exception):
+    """A blocking method gave up because its ``stop`` event was set."""
 
 
 def os_error(action: str, path: Path, exc: OSError) -> DownloadError:
@@ -96,11 +103,15 @@ class PartFile:
         self._dropped = 0
 
     @classmethod
-    def open(cls, path: Path, keep: int) -> PartFile:
+    def open(cls, path: Path, keep: int, stop: threading.Event | None = None) -> PartFile:
         """Open or create ``path`` (0600), keep its first ``keep`` bytes and hash them.
+
+        Re-hashing a large prefix from slow storage can take a while: setting ``stop``
+        (from another thread) ends it within one block, the file closed.
 
         Raises:
             DownloadError: The file cannot be created, read or truncated.
+            Stopped: ``stop`` was set.
         """
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -110,7 +121,7 @@ class PartFile:
         try:
             os.fchmod(fd, 0o600)
             os.ftruncate(fd, keep)
-            part._rehash(keep)
+            part._rehash(keep, stop)
         except OSError as exc:
             part.close()
             raise os_error("prepare", path, exc) from exc
@@ -119,10 +130,12 @@ class PartFile:
             raise
         return part
 
-    def _rehash(self, keep: int) -> None:
+    def _rehash(self, keep: int, stop: threading.Event | None) -> None:
         os.lseek(self._fd, 0, os.SEEK_SET)
         while self.size < keep:
-            block = os.read(self._fd, min(_REHASH_BLOCK, keep - self.size))
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stopped re-hashing {self.path}")
+            block = _os_read(self._fd, min(_REHASH_BLOCK, keep - self.size))
             if not block:
                 raise OSError(errno.EIO, "partial file shrank while re-hashing")
             self._hash.update(block)
