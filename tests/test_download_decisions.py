@@ -118,6 +118,15 @@ def test_416_at_the_end_means_complete() -> None:
     assert at(1000, 416, {}) == Complete()  # no Content-Range: trust the known length
 
 
+def test_416_at_the_offset_is_not_complete_without_a_known_length_or_with_a_new_etag() -> None:
+    # Nothing recorded said how long the file was: the server's file is as long as our
+    # prefix now, which does not make the prefix that file.
+    decision = at(1000, 416, {"Content-Range": "bytes */1000"}, Validators())
+    assert isinstance(decision, Refetch) and "no length was known" in decision.reason
+    decision = at(1000, 416, {"Content-Range": "bytes */1000", "ETag": '"v2"'})
+    assert isinstance(decision, Refetch) and "ETag changed" in decision.reason
+
+
 def test_416_elsewhere_refetches() -> None:
     assert isinstance(at(500, 416, {"Content-Range": "bytes */400"}), Refetch)
     # A server that now says 1000 while we expected 1200 has another file.

@@ -247,8 +247,16 @@ def decide(
     if status == 416:
         crange = parse_content_range(h.get("content-range"))
         total = crange.total if crange is not None else known.length
-        if offset > 0 and total == offset and known.length in (None, offset):
-            return Complete()
+        if offset > 0 and total == offset and known.length == offset:
+            # (A 416 is not subject to If-Range, but may still carry validators.)
+            why = _changed(known, _validators_from(h, None))
+            if why is None:
+                return Complete()
+            return Refetch(f"file changed on the server: {why}")
+        if known.length is None:
+            # Without a length recorded before, "416 at my offset" only says the file on
+            # the server is as long as our prefix now, not that the prefix is that file.
+            return Refetch(f"HTTP 416 for a Range from byte {offset}, and no length was known")
         return Refetch(f"HTTP 416 for a Range from byte {offset} (server length {total})")
     if 400 <= status <= 499:
         return Fail(describe_status(status, url), status_code=status)
