@@ -249,10 +249,10 @@ def decide(
         total = crange.total if crange is not None else known.length
         if offset > 0 and total == offset and known.length == offset:
             # (A 416 is not subject to If-Range, but may still carry validators.)
-            why = _changed(known, _validators_from(h, None))
-            if why is None:
+            changed = _changed(known, _validators_from(h, None))
+            if changed is None:
                 return Complete()
-            return Refetch(f"file changed on the server: {why}")
+            return Refetch(f"file changed on the server: {changed}")
         if known.length is None:
             # Without a length recorded before, "416 at my offset" only says the file on
             # the server is as long as our prefix now, not that the prefix is that file.
