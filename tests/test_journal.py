@@ -7,6 +7,7 @@ half-written file never crashes recovery; pruning forgets only old finished work
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from trio_fwagent.contract import FirmwareRequest
+from trio_fwagent.contract import FirmwareRequest, operation_key
 from trio_fwagent.journal import Journal, OperationRecord, Phase, record_name
 
 SHA = "c036cbb7553a909f8b8877d4461924307f27ecb66cff928eeeafd569c3887e29"
+
+
+def K(op_id: str) -> str:
+    """The journal key of a te/ request's id (see ``FirmwareRequest.key``)."""
+    return operation_key("te", op_id)
 
 
 def make_request(op_id: str = "op-1", child_id: str = "child1") -> FirmwareRequest:
@@ -48,7 +54,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
         updated_at=1234.5,
     )
     journal.put(record)
-    assert journal.get("child1", "op-1") == record
+    assert journal.get("child1", K("op-1")) == record
     # A fresh Journal object (as after a restart) reads the same thing.
     assert Journal(tmp_path / "journal").records() == [record]
 
@@ -59,7 +65,7 @@ def test_put_replaces_the_previous_record(tmp_path: Path) -> None:
     journal.put(first)
     second = first.replace(phase=Phase.DOWNLOADING)
     journal.put(second)
-    assert journal.get("child1", "op-1") == second
+    assert journal.get("child1", K("op-1")) == second
     assert journal.records() == [second]
     assert len(list(tmp_path.iterdir())) == 1
 
@@ -74,8 +80,8 @@ def test_replace_stamps_the_time_unless_given() -> None:
 def test_unknown_operation_is_none(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.put(OperationRecord(make_request("a"), Phase.RECEIVED))
-    assert journal.get("child1", "b") is None
-    assert journal.get("child2", "a") is None
+    assert journal.get("child1", K("b")) is None
+    assert journal.get("child2", K("a")) is None
 
 
 def test_files_are_private(tmp_path: Path) -> None:
@@ -95,11 +101,11 @@ def test_file_name_never_contains_the_raw_ids(tmp_path: Path, child_id: str, op_
     journal = Journal(tmp_path / "j")
     journal.put(OperationRecord(make_request(op_id, child_id), Phase.RECEIVED))
     names = os.listdir(tmp_path / "j")
-    assert names == [record_name(child_id, op_id)]
+    assert names == [record_name(child_id, K(op_id))]
     assert len(names[0]) == 32 + len(".json")
     assert all(c in "0123456789abcdef" for c in names[0][:32])
     assert sorted(os.listdir(tmp_path)) == ["j"]  # nothing escaped the directory
-    assert journal.get(child_id, op_id) is not None
+    assert journal.get(child_id, K(op_id)) is not None
 
 
 def test_child_and_op_id_cannot_be_confused(tmp_path: Path) -> None:
@@ -114,7 +120,7 @@ def test_leftover_temp_file_is_ignored(tmp_path: Path) -> None:
     # What a crash in the middle of put() leaves behind: a torn temporary file.
     (tmp_path / ".tmp-abc.tmp").write_bytes(b'{"format":1,"requ')
     assert journal.records() == [record]
-    assert journal.get("child1", "op-1") == record
+    assert journal.get("child1", K("op-1")) == record
 
 
 def test_corrupt_files_are_logged_and_skipped(
@@ -123,13 +129,13 @@ def test_corrupt_files_are_logged_and_skipped(
     journal = Journal(tmp_path)
     good = OperationRecord(make_request("good"), Phase.FINISHED, "successful", updated_at=2.0)
     journal.put(good)
-    bad_path = journal.path_for("child1", "bad")
+    bad_path = journal.path_for("child1", K("bad"))
     bad_path.write_bytes(b"\x00garbage")
     (tmp_path / ("0" * 32 + ".json")).write_text(json.dumps({"format": 1, "phase": "nope"}))
     (tmp_path / ("1" * 32 + ".json")).write_text("[" * 100000)
     with caplog.at_level(logging.WARNING, logger="trio_fwagent.journal"):
         assert journal.records() == [good]
-        assert journal.get("child1", "bad") is None
+        assert journal.get("child1", K("bad")) is None
     assert "corrupt" in caplog.text
     assert journal.prune(0.0, now=10.0) == 1  # corrupt files don't break pruning either
 
@@ -153,9 +159,9 @@ def test_prune_deletes_only_old_finished_records(tmp_path: Path) -> None:
     for record in (old_done, new_done, old_running):
         journal.put(record)
     assert journal.prune(keep_finished_for=500.0, now=1000.0) == 1
-    assert journal.get("child1", "old") is None
-    assert journal.get("child1", "new") == new_done
-    assert journal.get("child1", "run") == old_running
+    assert journal.get("child1", K("old")) is None
+    assert journal.get("child1", K("new")) == new_done
+    assert journal.get("child1", K("run")) == old_running
 
 
 def test_prune_removes_stale_temp_files(tmp_path: Path) -> None:
@@ -170,6 +176,20 @@ def test_prune_removes_stale_temp_files(tmp_path: Path) -> None:
 def test_delete_forgets_an_operation(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
     journal.put(OperationRecord(make_request(), Phase.RECEIVED))
-    journal.delete("child1", "op-1")
-    journal.delete("child1", "op-1")  # idempotent
+    journal.delete("child1", K("op-1"))
+    journal.delete("child1", K("op-1"))  # idempotent
     assert journal.records() == []
+
+
+def test_one_id_in_two_dialects_is_two_records(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    te = make_request("42")
+    legacy = dataclasses.replace(te, dialect="legacy", topic="tedge/child1/commands/req/x")
+    assert legacy.key == "42" and te.key != legacy.key
+    journal.put(OperationRecord(te, Phase.RECEIVED, updated_at=1.0))
+    journal.put(OperationRecord(legacy, Phase.FINISHED, "successful", updated_at=2.0))
+    got_te, got_legacy = journal.get("child1", te.key), journal.get("child1", legacy.key)
+    assert got_te is not None and got_te.phase is Phase.RECEIVED
+    assert got_legacy is not None and got_legacy.final_status == "successful"
+    # Legacy records keep the name they had before dialects were part of the key.
+    assert (tmp_path / record_name("child1", "42")).exists()

@@ -5,6 +5,7 @@ timing matters."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import io
@@ -563,6 +564,32 @@ async def test_resent_request_while_queued_or_running_joins_it(
     assert [(b["id"], b["status"]) for _, b in harness.publisher.sent].count(
         ("x", "successful")
     ) == 2
+
+
+async def test_one_id_in_both_dialects_is_two_operations(
+    harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``dialect = both``: legacy id "42" and te/ command "42" are not copies of each other."""
+    installer = FakeInstaller()
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        return harness.operation(request=request, installer=installer)
+
+    worker = ChildWorker("c1", factory, harness.reporter)
+    await nursery.start(worker.run)
+    legacy = make_request("42")
+    te = dataclasses.replace(
+        legacy, dialect="te", sha256=None, topic="te/device/c1//cmd/firmware_update/42"
+    )
+    await worker.submit(legacy)
+    await trio.sleep(10)
+    await worker.submit(te)
+    await trio.sleep(10)
+    assert [op for op, _ in installer.installed] == ["42", "42"]
+    for request in (legacy, te):
+        record = harness.journal.get("c1", request.key)
+        assert record is not None and record.request == request
+        assert record.final_status == "successful"
 
 
 async def test_queued_request_keepalive_does_not_pile_up_while_the_broker_is_away(

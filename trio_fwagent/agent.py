@@ -42,6 +42,7 @@ from trio_fwagent.contract import (
     Dialect,
     FirmwareRequest,
     InvalidRequest,
+    operation_key,
     registration_messages,
 )
 from trio_fwagent.download import DownloadError, DownloadResult, Progress, RetryPolicy, download
@@ -380,10 +381,10 @@ class ChildWorker:
         self._send, self._receive = trio.open_memory_channel[tuple[FirmwareRequest, bool]](
             MAX_QUEUED
         )
-        self.active: dict[str, FirmwareRequest] = {}  # queued or running, by op id
+        self.active: dict[str, FirmwareRequest] = {}  # queued or running, by request.key
         self._submit_lock = trio.Lock()
         self.running: str | None = None
-        self._keepalive_unacked: set[str] = set()  # op ids whose keepalive is on its way
+        self._keepalive_unacked: set[str] = set()  # keys whose keepalive is on its way
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Takes operations off the queue until cancelled."""
@@ -401,24 +402,24 @@ class ChildWorker:
         """
         while True:
             await trio.sleep(self._executing_interval)
-            for op_id, request in list(self.active.items()):
-                if op_id != self.running and op_id not in self._keepalive_unacked:
-                    self._keepalive_unacked.add(op_id)
-                    nursery.start_soon(self._keepalive, op_id, request)
+            for key, request in list(self.active.items()):
+                if key != self.running and key not in self._keepalive_unacked:
+                    self._keepalive_unacked.add(key)
+                    nursery.start_soon(self._keepalive, key, request)
 
-    async def _keepalive(self, op_id: str, request: FirmwareRequest) -> None:
+    async def _keepalive(self, key: str, request: FirmwareRequest) -> None:
         message = DIALECTS[request.dialect].status(request, "executing")
         try:
             await self._reporter.publish(message)
         except Exception as exc:
             log_event(log, "publish failed", logging.WARNING, topic=message.topic, error=exc)
         finally:
-            self._keepalive_unacked.discard(op_id)
+            self._keepalive_unacked.discard(key)
 
     async def _work(self) -> None:
         async with self._receive:
             async for request, resumed in self._receive:
-                self.running = request.op_id
+                self.running = request.key
                 try:
                     await self._make_operation(request, resumed).run()
                 except Exception:
@@ -429,7 +430,7 @@ class ChildWorker:
                     )
                 finally:
                     self.running = None
-                    self.active.pop(request.op_id, None)
+                    self.active.pop(request.key, None)
 
     def enqueue(self, request: FirmwareRequest, *, resumed: bool) -> bool:
         """Queues ``request``; False if the queue is full."""
@@ -437,7 +438,7 @@ class ChildWorker:
             self._send.send_nowait((request, resumed))
         except trio.WouldBlock:
             return False
-        self.active[request.op_id] = request
+        self.active[request.key] = request
         return True
 
     async def submit(self, request: FirmwareRequest) -> None:
@@ -461,19 +462,19 @@ class ChildWorker:
         # which may change while we read it (it could finish meanwhile: acting on a stale
         # INSTALLING or DOWNLOADING record would install twice or overwrite the final
         # status). Not active means nobody else writes the record while we look.
-        was_active = request.op_id in self.active
-        record = await self._reporter.get(request.child_id, request.op_id)
+        was_active = request.key in self.active
+        record = await self._reporter.get(request.child_id, request.key)
         if was_active and (record is None or record.phase is not Phase.FINISHED):
             # (A running operation may already have journaled its final status while it
             # waits for the broker's acknowledgement: then that final is the answer.)
-            active = self.active.get(request.op_id)
+            active = self.active.get(request.key)
             if active is not None:
-                state = "running" if self.running == request.op_id else "queued"
+                state = "running" if self.running == request.key else "queued"
                 log_event(log, f"request re-sent; joining the {state} operation", **fields)
                 self._reporter.executing_soon(active)
                 return
             # It finished while we read: its record is final now.
-            record = await self._reporter.get(request.child_id, request.op_id)
+            record = await self._reporter.get(request.child_id, request.key)
         if record is not None and record.phase is Phase.FINISHED:
             log_event(
                 log,
@@ -748,9 +749,8 @@ class Agent:
             )
             if exc.op_id is not None:
                 worker = self.workers[child]
-                known = (
-                    exc.op_id in worker.active or (await reporter.get(child, exc.op_id)) is not None
-                )
+                key = operation_key(dialect.name, exc.op_id)
+                known = key in worker.active or (await reporter.get(child, key)) is not None
                 if known:
                     # A garbled copy of a request we know must not fail the real one.
                     log_event(

@@ -4,7 +4,8 @@ Owns the on-disk journal the agent uses to never install twice (a re-sent reques
 its record), to recover after a crash (resume a download, report an interrupted
 install as failed, re-send an unacknowledged final status) and to forget old work.
 
-Each record lives in ``<directory>/<sha256(child_id + "\\0" + op_id)[:32]>.json``: names
+Each record lives in ``<directory>/<sha256(child_id + "\\0" + key)[:32]>.json`` (``key``: the
+operation id within its dialect, ``FirmwareRequest.key``): names
 from the network never become paths. Writes go to a temporary file in the same
 directory, are fsynced and renamed over the old file, then the directory is fsynced,
 so a crash leaves either the old or the new record, never a torn one. Files are 0600,
@@ -123,9 +124,12 @@ class OperationRecord:
         )
 
 
-def record_name(child_id: str, op_id: str) -> str:
-    """File name of the record for (``child_id``, ``op_id``): a hash, never the raw ids."""
-    digest = hashlib.sha256(f"{child_id}\0{op_id}".encode("utf-8", "surrogatepass"))
+def record_name(child_id: str, key: str) -> str:
+    """File name of the record for (``child_id``, ``key``): a hash, never the raw ids.
+
+    ``key`` is :attr:`FirmwareRequest.key` (the operation id within its dialect).
+    """
+    digest = hashlib.sha256(f"{child_id}\0{key}".encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:32] + _SUFFIX
 
 
@@ -142,17 +146,18 @@ class Journal:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.directory, 0o700)
 
-    def path_for(self, child_id: str, op_id: str) -> Path:
-        """The file that holds (or would hold) this operation's record."""
-        return self.directory / record_name(child_id, op_id)
+    def path_for(self, child_id: str, key: str) -> Path:
+        """The file that holds (or would hold) this operation's record (``key``:
+        :attr:`FirmwareRequest.key`)."""
+        return self.directory / record_name(child_id, key)
 
-    def get(self, child_id: str, op_id: str) -> OperationRecord | None:
+    def get(self, child_id: str, key: str) -> OperationRecord | None:
         """The record of this operation, or ``None`` (missing or unreadable)."""
-        record = self._load(self.path_for(child_id, op_id))
+        record = self._load(self.path_for(child_id, key))
         if record is None:
             return None
-        if (record.request.child_id, record.request.op_id) != (child_id, op_id):
-            log.warning("journal record %s belongs to another operation; ignored", op_id)
+        if (record.request.child_id, record.request.key) != (child_id, key):
+            log.warning("journal record %r belongs to another operation; ignored", key)
             return None
         return record
 
@@ -163,7 +168,7 @@ class Journal:
             OSError: The record could not be written (the old record is intact).
         """
         data = json.dumps(record.to_json(), ensure_ascii=True, separators=(",", ":"))
-        target = self.path_for(record.request.child_id, record.request.op_id)
+        target = self.path_for(record.request.child_id, record.request.key)
         fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -178,10 +183,10 @@ class Journal:
             raise
         _fsync_dir(self.directory)
 
-    def delete(self, child_id: str, op_id: str) -> None:
+    def delete(self, child_id: str, key: str) -> None:
         """Forget this operation (no error if there is no record)."""
         with contextlib.suppress(OSError):
-            self.path_for(child_id, op_id).unlink()
+            self.path_for(child_id, key).unlink()
         _fsync_dir(self.directory)
 
     def records(self) -> list[OperationRecord]:

@@ -222,9 +222,9 @@ class StatusReporter:
             async with self._lock:
                 await self._call(self._journal.put, record)
 
-    async def get(self, child_id: str, op_id: str) -> OperationRecord | None:
-        """Reads one record (None if absent or unreadable)."""
-        return await self._call(self._journal.get, child_id, op_id)
+    async def get(self, child_id: str, key: str) -> OperationRecord | None:
+        """Reads one record (None if absent or unreadable); ``key``: ``FirmwareRequest.key``."""
+        return await self._call(self._journal.get, child_id, key)
 
     async def publish(self, message: StatusMessage) -> None:
         """Publishes ``message`` and waits for the broker (QoS 1); the caller bounds it."""

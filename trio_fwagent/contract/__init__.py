@@ -21,6 +21,7 @@ from trio_fwagent.contract.model import (
     Status,
     StatusMessage,
     check_child_id,
+    operation_key,
 )
 from trio_fwagent.contract.te import TE, TeDialect, registration_messages, twin_message
 
@@ -37,6 +38,7 @@ __all__ = [
     "StatusMessage",
     "TeDialect",
     "check_child_id",
+    "operation_key",
     "registration_messages",
     "twin_message",
 ]

@@ -105,6 +105,11 @@ class FirmwareRequest:
     topic: str
     extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
+    @property
+    def key(self) -> str:
+        """What tells this child's operations apart: see :func:`operation_key`."""
+        return operation_key(self.dialect, self.op_id)
+
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (for the journal); inverse of :meth:`from_json`."""
         return {
@@ -252,6 +257,17 @@ def decode_object(payload: bytes, op_id: str | None = None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidRequest(op_id, "payload must be a JSON object")
     return data
+
+
+def operation_key(dialect: str, op_id: str) -> str:
+    """The id of an operation within its dialect, unique per child.
+
+    With ``dialect = both`` a legacy ``id`` and a ``te/`` command id may be equal strings
+    and still be two operations. Legacy keys are the bare id (so journal records written
+    before ``te/`` existed keep their names); others are prefixed with the dialect and a
+    NUL, which no valid id contains.
+    """
+    return op_id if dialect == "legacy" else f"{dialect}\0{op_id}"
 
 
 def readable_id(value: object) -> str | None:
