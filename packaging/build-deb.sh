@@ -8,7 +8,9 @@
 #   --wheel FILE           package this wheel instead of building one from the tree
 #   --python PATH          the interpreter the package runs on (default /usr/bin/python3,
 #                          Debian's; the package then Depends on that python3 minor version)
-#   --constraint FILE      pip constraints file to pin the dependencies' versions
+#   --constraint FILE      pip constraints file pinning the dependencies' versions
+#                          (default: the project's constraints.txt, the tested versions)
+#   --no-constraint        let pip pick the newest versions allowed by pyproject.toml
 #   --revision N           Debian revision (default 1): VERSION-N
 #   --keep-workdir         keep the staging directory (printed) for inspection
 #   -h, --help
@@ -49,9 +51,10 @@ while [ $# -gt 0 ]; do
         --wheel) wheel="${2:?--wheel needs a file}"; shift 2 ;;
         --python) target_python="${2:?--python needs an interpreter}"; shift 2 ;;
         --constraint) constraint="${2:?--constraint needs a file}"; shift 2 ;;
+        --no-constraint) constraint=none; shift ;;
         --revision) revision="${2:?--revision needs a number}"; shift 2 ;;
         --keep-workdir) keep=1; shift ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option: $1 (try --help)" ;;
         *) out="$1"; shift ;;
     esac
@@ -77,7 +80,16 @@ py_minor="$("$target_python" -c 'import sys; print(sys.version_info[1]) if sys.v
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 [ -z "$wheel" ] || wheel="$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")"
-[ -z "$constraint" ] || constraint="$(cd "$(dirname "$constraint")" && pwd)/$(basename "$constraint")"
+if [ "$constraint" = none ]; then
+    constraint=""
+elif [ -z "$constraint" ] && [ -f "$project/constraints.txt" ]; then
+    constraint="$project/constraints.txt"
+fi
+if [ -n "$constraint" ]; then
+    [ -f "$constraint" ] || die "constraints file $constraint does not exist"
+    constraint="$(cd "$(dirname "$constraint")" && pwd)/$(basename "$constraint")"
+    log "pinning dependencies with $constraint"
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/trio-fwagent-deb.XXXXXX")"
 cleanup() {
