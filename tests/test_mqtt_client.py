@@ -342,6 +342,80 @@ async def test_full_subscriber_channel_drops_and_never_stalls_the_client(
     assert client.dropped >= 4
 
 
+async def _deliver_and_stop(
+    settings: MqttSettings, publisher: PahoPeer, topic: str, *, ack: bool
+) -> Message:
+    """One client life: subscribe with manual_ack, get ``topic``, maybe acknowledge it, and
+    stop the client (as a SIGTERM would) before leaving the subscription."""
+    client = MqttClient(settings)
+    run_scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run() -> None:
+        with run_scope:
+            await client.run()
+        stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        async with client.subscribe("job/#", qos=1, manual_ack=True) as messages:
+            if topic:
+                message = await publish_until_received(publisher, topic, messages)
+            else:
+                with trio.fail_after(10):
+                    message = await messages.receive()
+            if ack:
+                message.ack()
+                await trio.sleep(0.2)  # let the writer send the PUBACK
+            run_scope.cancel()
+            await stopped.wait()
+        # Leaving the subscription now acknowledges nothing: the connection is gone.
+    return message
+
+
+async def test_manual_ack_message_not_acknowledged_comes_again_after_a_restart(
+    mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
+) -> None:
+    publisher = mqtt_peer()
+    settings = settings_for(mosquitto, client_id="acker")
+    first = await _deliver_and_stop(settings, publisher, "job/1", ack=False)
+    assert first.payload == b"job/1"
+    # A new process with the same session: the broker re-sends what was never acknowledged.
+    again = await _deliver_and_stop(settings, publisher, "", ack=True)
+    assert again.payload == b"job/1" and again.dup
+    # Acknowledged this time: the next life gets only a fresh message.
+    async with running(settings) as client, client.subscribe("job/#", manual_ack=True) as ch:
+        fresh = await publish_until_received(publisher, "job/2", ch)
+        fresh.ack()
+    assert fresh.payload == b"job/2" and not fresh.dup
+
+
+async def test_manual_ack_keeps_pubacks_in_order_and_auto_subscribers_unaffected(
+    mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
+) -> None:
+    publisher = mqtt_peer()
+    async with running(settings_for(mosquitto, client_id="orderly")) as client:
+        await client.wait_connected()
+        async with (
+            client.subscribe("job/#", qos=1, manual_ack=True) as manual,
+            client.subscribe("job/#", qos=1) as auto,
+        ):
+            first = await publish_until_received(publisher, "job/a", manual)
+            await receive(auto, 1)
+            await in_thread(publisher.publish, "job/b", b"b", 1)
+            (second,) = await receive(manual, 1)
+            assert [m.payload for m in await receive(auto, 1)] == [b"b"]
+            second.ack()  # its PUBACK waits behind the first's (see the session's tests)
+            first.ack()
+            with trio.fail_after(5):
+                await wait_until(lambda: not client._session._to_ack)
+            # The client still works both ways.
+            await client.publish("job/own", b"mine", qos=1)
+            (own,) = await receive(manual, 1)
+            own.ack()
+    assert own.payload == b"mine"
+
+
 async def _rechunking_bridge(
     request: trio_websocket.WebSocketRequest, broker_port: int, chunk: int
 ) -> None:

@@ -18,6 +18,7 @@ from trio_fwagent.mqtt.errors import (
 )
 from trio_fwagent.mqtt.packets import PubAck, Publish, Will, encode
 from trio_fwagent.mqtt.session import (
+    AckToken,
     ClientSession,
     Connected,
     MessageDropped,
@@ -204,6 +205,35 @@ def test_inbound_qos1_is_acked_with_puback() -> None:
     events = session.receive_data(H("32 09 0003 612f62 000a 6869"))
     assert events == [MessageReceived("a/b", b"hi", qos=1, retain=False, dup=False)]
     assert session.data_to_send() == H("40 02 000a")
+
+
+def test_manual_ack_holds_pubacks_until_acknowledged_and_keeps_their_order() -> None:
+    session = connected_session(manual_ack=True)
+    events = session.receive_data(qos1_publish(1, b"a") + qos1_publish(2, b"b"))
+    tokens = [e.ack_token for e in events if isinstance(e, MessageReceived)]
+    assert tokens == [AckToken(1, 1), AckToken(1, 2)]
+    assert session.data_to_send() == b""  # nothing acknowledged before the caller says so
+    assert session.acknowledge(AckToken(1, 2))
+    assert session.data_to_send() == b""  # message 1 came first and is not done yet
+    assert session.acknowledge(AckToken(1, 1))
+    assert session.data_to_send() == H("40 02 0001") + H("40 02 0002")
+    assert session.acknowledge(AckToken(1, 1))  # twice: harmless, nothing sent
+    assert session.data_to_send() == b""
+
+
+def test_manual_ack_of_a_lost_connection_sends_nothing_and_the_broker_resends() -> None:
+    session = connected_session(manual_ack=True)
+    (event,) = session.receive_data(qos1_publish(7, b"a"))
+    assert isinstance(event, MessageReceived) and event.ack_token is not None
+    reconnect(session)
+    # The old token would acknowledge on a connection that never carried the message.
+    assert not session.acknowledge(event.ack_token)
+    assert session.data_to_send() == b""
+    (again,) = session.receive_data(qos1_publish(7, b"a", dup=True))
+    assert isinstance(again, MessageReceived) and again.dup
+    assert again.ack_token == AckToken(2, 7)
+    assert session.acknowledge(again.ack_token)
+    assert session.data_to_send() == H("40 02 0007")
 
 
 def test_inbound_qos2_is_delivered_once_and_completed() -> None:

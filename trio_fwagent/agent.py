@@ -704,7 +704,10 @@ class Agent:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with self.client.subscribe(topic, qos=1) as messages:
+        # manual_ack: the broker gets its PUBACK only once a request is journaled (or
+        # answered): one still in this channel or being handled when the agent stops or
+        # dies is re-sent by the broker after the next start, never lost.
+        async with self.client.subscribe(topic, qos=1, manual_ack=True) as messages:
             log_event(
                 log,
                 "subscription registered",
@@ -725,6 +728,7 @@ class Agent:
                             exc_info=True,
                             extra={"fields": {"child": child, "topic": message.topic}},
                         )
+                    message.ack()  # (not when cancelled: then the broker re-sends it)
             finally:
                 # Leaving the subscription while connected would UNSUBSCRIBE and so empty
                 # our persistent session: requests sent while we are down would be lost.

@@ -33,6 +33,7 @@ from trio_fwagent.mqtt.packets import (
     topic_matches,
 )
 from trio_fwagent.mqtt.session import (
+    AckToken,
     ClientSession,
     Connected,
     Event,
@@ -86,15 +87,64 @@ class MqttSettings:
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
 
 
+class _AckCounter:
+    """One received QoS 1 message: PUBACK once every manual subscriber acknowledged it."""
+
+    __slots__ = ("_client", "token", "waiting")
+
+    def __init__(self, client: MqttClient, token: AckToken) -> None:
+        self._client = client
+        self.token = token
+        self.waiting = 1  # held by the routing itself until every subscriber has its copy
+
+    def release(self) -> None:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self._client._acknowledge(self.token)
+
+
+class _Ack:
+    """One subscriber's copy of a message: acknowledging it twice counts once.
+
+    It sits in its subscription's ``unacked`` set until fired, so that leaving the
+    subscription can acknowledge what its channel still held (or dropped).
+    """
+
+    __slots__ = ("_counter", "_unacked")
+
+    def __init__(self, counter: _AckCounter, unacked: set[_Ack]) -> None:
+        self._counter: _AckCounter | None = counter
+        self._unacked = unacked
+        unacked.add(self)
+
+    def fire(self) -> None:
+        counter, self._counter = self._counter, None
+        self._unacked.discard(self)
+        if counter is not None:
+            counter.release()
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """An application message delivered to a subscription."""
+    """An application message delivered to a subscription.
+
+    On a ``manual_ack`` subscription, call :meth:`ack` once the message is handled
+    (for example persisted): until then the broker has no PUBACK, and re-sends the
+    message after a reconnect or a restart (persistent session).
+    """
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
     dup: bool
+    _ack: _Ack | None = field(default=None, repr=False, compare=False)
+
+    def ack(self) -> None:
+        """Acknowledge the message to the broker (QoS 1 on a ``manual_ack`` subscription;
+        otherwise, and after the first call, nothing happens)."""
+        if self._ack is not None:
+            self._ack.fire()
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +154,8 @@ class _Subscription:
     topic_filter: str
     qos: int
     channel: trio.MemorySendChannel[Message]
+    manual_ack: bool = False
+    unacked: set[_Ack] = field(default_factory=set)  # manual_ack: delivered, not acknowledged
     dropped: int = 0
     # Set by SUBACK, or when the connection that carried SUBSCRIBE ends.
     settled: trio.Event = field(default_factory=trio.Event)
@@ -155,6 +207,7 @@ class MqttClient:
             username=settings.username,
             password=settings.password.encode() if settings.password is not None else None,
             max_packet_size=settings.max_packet_size,
+            manual_ack=True,  # auto subscriptions acknowledge when routing (_route)
         )
         self._subscriptions: list[_Subscription] = []
         self._subscribe_batches: dict[int, list[_Subscription]] = {}
@@ -232,7 +285,7 @@ class MqttClient:
             self._publish_waiters.pop(packet_id, None)
 
     def subscribe(
-        self, topic_filter: str, *, qos: int = 1, buffer: int = 256
+        self, topic_filter: str, *, qos: int = 1, buffer: int = 256, manual_ack: bool = False
     ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[Message]]:
         """Subscribe for the duration of an ``async with`` block.
 
@@ -240,7 +293,15 @@ class MqttClient:
         after a reconnect when the broker lost the session. If connected, entering
         waits for the broker's SUBACK (or for the connection to drop); if not, it
         returns at once and subscribes on the next connect. A full channel never blocks
-        the client: the message is dropped, logged and counted (:attr:`dropped`).
+        the client: the message is dropped (and acknowledged), logged and counted
+        (:attr:`dropped`).
+
+        With ``manual_ack``, a QoS 1 message is acknowledged to the broker only when
+        :meth:`Message.ack` is called (PUBACKs keep arrival order, so acknowledge every
+        message, promptly); one left unacknowledged when the connection ends comes again
+        after the next connect, with ``dup`` set. Messages still in the channel when the
+        block is left are acknowledged then. QoS 2 messages are always acknowledged on
+        arrival.
 
         Raises:
             MqttUsageError: Invalid filter or QoS.
@@ -249,14 +310,14 @@ class MqttClient:
         check_topic_filter(topic_filter)
         if qos not in (0, 1, 2):
             raise MqttUsageError(f"QoS must be 0, 1 or 2, got {qos!r}")
-        return self._subscription(topic_filter, qos, buffer)
+        return self._subscription(topic_filter, qos, buffer, manual_ack)
 
     @asynccontextmanager
     async def _subscription(
-        self, topic_filter: str, qos: int, buffer: int
+        self, topic_filter: str, qos: int, buffer: int, manual_ack: bool
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
         send, receive = trio.open_memory_channel[Message](buffer)
-        sub = _Subscription(topic_filter, qos, send)
+        sub = _Subscription(topic_filter, qos, send, manual_ack)
         self._subscriptions.append(sub)
         self._stale_filters.discard(topic_filter)
         try:
@@ -270,6 +331,8 @@ class MqttClient:
         finally:
             self._subscriptions.remove(sub)
             send.close()
+            for ack in list(sub.unacked):  # what the subscriber did not take or finish
+                ack.fire()
             if all(other.topic_filter != topic_filter for other in self._subscriptions):
                 self._unsubscribe_later(topic_filter)
 
@@ -532,13 +595,23 @@ class MqttClient:
         self._subscribe_batches.clear()
 
     def _route(self, event: MessageReceived) -> None:
-        message = Message(event.topic, event.payload, event.qos, event.retain, event.dup)
+        plain = Message(event.topic, event.payload, event.qos, event.retain, event.dup)
+        counter = None if event.ack_token is None else _AckCounter(self, event.ack_token)
         for sub in self._subscriptions:
             if not topic_matches(sub.topic_filter, event.topic):
                 continue
+            if counter is None or not sub.manual_ack:
+                message = plain
+            else:
+                counter.waiting += 1
+                ack = _Ack(counter, sub.unacked)
+                message = Message(
+                    event.topic, event.payload, event.qos, event.retain, event.dup, ack
+                )
             try:
                 sub.channel.send_nowait(message)
             except trio.WouldBlock:
+                message.ack()  # dropped: nobody else will
                 sub.dropped += 1
                 self.dropped += 1
                 logger.warning(
@@ -549,7 +622,13 @@ class MqttClient:
                     sub.dropped,
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the subscriber is leaving; its context exit unsubscribes
+                message.ack()  # the subscriber is leaving; its context exit unsubscribes
+        if counter is not None:
+            counter.release()  # routing done: acknowledged now unless a subscriber holds it
+
+    def _acknowledge(self, token: AckToken) -> None:
+        if self._session.acknowledge(token):
+            self._kick()
 
     def _send_subscribe(self, subs: Sequence[_Subscription]) -> None:
         for sub in subs:

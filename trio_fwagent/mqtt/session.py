@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum, auto
 from typing import Final, TypeAlias
 
@@ -42,6 +42,7 @@ from trio_fwagent.mqtt.packets import (
 )
 
 __all__ = [
+    "AckToken",
     "ClientSession",
     "Connected",
     "Event",
@@ -68,14 +69,27 @@ class Connected:
 
 
 @dataclass(frozen=True, slots=True)
+class AckToken:
+    """What :meth:`ClientSession.acknowledge` needs to PUBACK one QoS 1 message."""
+
+    connection: int
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """An application message arrived (a QoS 2 message is reported once)."""
+    """An application message arrived (a QoS 2 message is reported once).
+
+    ``ack_token`` is set for a QoS 1 message of a session with ``manual_ack``: its PUBACK
+    waits for :meth:`ClientSession.acknowledge`.
+    """
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
     dup: bool
+    ack_token: AckToken | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +162,12 @@ class _Outgoing:
     on_wire: bool = False  # sent on the current connection (counts against max_inflight)
 
 
+@dataclass(slots=True)
+class _PendingAck:
+    packet_id: int
+    acknowledged: bool = False
+
+
 class ClientSession:
     """MQTT 3.1.1 client state machine: bytes in, events out, bytes to send.
 
@@ -165,6 +185,10 @@ class ClientSession:
         max_packet_size: Largest inbound packet accepted, fixed header included.
         max_inflight: Most QoS 1/2 messages sent and not yet acknowledged at one time;
             later ones wait in the outbox.
+        manual_ack: Do not PUBACK a received QoS 1 message until :meth:`acknowledge` is
+            called with its token (PUBACKs still go out in arrival order). A message not
+            acknowledged when its connection ends is re-sent by the broker after the next
+            connect (persistent session): "received" can then mean "handled".
 
     Raises:
         MqttUsageError: The CONNECT these settings describe is invalid.
@@ -181,6 +205,7 @@ class ClientSession:
         password: bytes | None = None,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         max_inflight: int = 100,
+        manual_ack: bool = False,
     ) -> None:
         if max_inflight < 1:
             raise MqttUsageError(f"max_inflight must be at least 1, got {max_inflight}")
@@ -206,6 +231,9 @@ class ClientSession:
         self._pending_unsubscribe: set[int] = set()
         self._inbound_qos2: set[int] = set()  # delivered, waiting for PUBREL
         self._carried: list[Event] = []  # outcomes from a batch that ended in an error
+        self._manual_ack = manual_ack
+        self._connection = 0  # counts transports, so a token outliving its one is ignored
+        self._to_ack: deque[_PendingAck] = deque()  # received QoS 1 messages, in order
 
     # ------------------------------------------------------------------ properties
 
@@ -227,6 +255,8 @@ class ClientSession:
             self.connection_lost()
         if self._clean_session:
             self._inbound_qos2.clear()
+        self._connection += 1
+        self._to_ack.clear()
         self._state = _State.CONNECTING
         self._out += self._connect_bytes
 
@@ -240,6 +270,7 @@ class ClientSession:
         self._out.clear()
         self._pending_subscribe.clear()
         self._pending_unsubscribe.clear()
+        self._to_ack.clear()  # the broker re-sends those messages after the next connect
         for entry in self._outbox.values():
             entry.on_wire = False
         self._inflight = 0
@@ -334,6 +365,28 @@ class ClientSession:
         self._out += encode(Unsubscribe(packet_id, tuple(topics)))
         self._pending_unsubscribe.add(packet_id)
         return packet_id
+
+    def acknowledge(self, token: AckToken) -> bool:
+        """Queue the PUBACK of a message received with ``token`` (``manual_ack``).
+
+        PUBACKs leave in the order the messages arrived: this one waits until every
+        earlier one was acknowledged too.
+
+        Returns:
+            False if the message's connection is gone (the broker will re-send the
+            message, which then needs its own acknowledgement), else True.
+        """
+        if token.connection != self._connection or self._state is not _State.CONNECTED:
+            return False
+        for entry in self._to_ack:
+            if entry.packet_id == token.packet_id and not entry.acknowledged:
+                entry.acknowledged = True
+                break
+        else:
+            return True  # already acknowledged
+        while self._to_ack and self._to_ack[0].acknowledged:
+            self._out += encode(PubAck(self._to_ack.popleft().packet_id))
+        return True
 
     def ping(self) -> None:
         """Queue a PINGREQ; the answer is a :class:`PongReceived` event.
@@ -477,8 +530,13 @@ class ClientSession:
             events.append(message)
         elif packet.qos == 1:
             assert packet_id is not None
-            events.append(message)
-            self._out += encode(PubAck(packet_id))
+            if self._manual_ack:
+                token = AckToken(self._connection, packet_id)
+                events.append(replace(message, ack_token=token))
+                self._to_ack.append(_PendingAck(packet_id))
+            else:
+                events.append(message)
+                self._out += encode(PubAck(packet_id))
         else:
             assert packet_id is not None
             if packet_id not in self._inbound_qos2:
