@@ -356,6 +356,8 @@ class FakeDownload:
         self.started = 0
         self.cancelled = 0
         self.error: Exception | None = None
+        self.dead_urls: set[str] = set()  # these answer 404
+        self.urls: list[str] = []
 
     async def __call__(
         self,
@@ -368,6 +370,7 @@ class FakeDownload:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> DownloadResult:
         self.started += 1
+        self.urls.append(url)
         try:
             await trio.sleep(self.delay)
         except trio.Cancelled:
@@ -375,6 +378,8 @@ class FakeDownload:
             raise
         if self.error is not None:
             raise self.error
+        if url in self.dead_urls:
+            raise DownloadError(f"HTTP 404 Not Found for {url}", permanent=True)
         if on_progress is not None:
             on_progress(Progress(len(self.content), len(self.content), 1.0, 0, 0, 1))
         dest.write_bytes(self.content)  # noqa: ASYNC240 (tiny test file)
@@ -474,6 +479,34 @@ async def test_download_error_reaches_every_waiter(
         n.start_soon(use, "b")
     assert errors == ["checksum mismatch", "checksum mismatch"]
     assert fake.started == 1
+
+
+async def test_a_dead_link_of_one_child_does_not_fail_another_childs_own_link(
+    shared: tuple[SharedDownloads, FakeDownload], autojump_clock: trio.testing.MockClock
+) -> None:
+    """thin-edge gives each child its own URL for the same file: A's link is gone (a
+    resumed operation), B's works; B joins A's transfer, then tries its own link."""
+    downloads, fake = shared
+    dead, alive = "http://gw/file-transfer/A/fw", "http://gw/file-transfer/B/fw"
+    fake.dead_urls.add(dead)
+    outcome: dict[str, str] = {}
+
+    async def use(op: str, child: str, url: str) -> None:
+        try:
+            seen: list[bytes] = []
+            await _use(downloads, make_request(op, child=child, url=url), 0.0, seen)
+            outcome[child] = seen[0].decode()
+        except DownloadError as exc:
+            outcome[child] = exc.reason
+
+    async with trio.open_nursery() as n:
+        n.start_soon(use, "a", "A", dead)
+        await trio.sleep(1)
+        n.start_soon(use, "b", "B", alive)
+    assert fake.urls == [dead, alive]
+    assert outcome["B"] == "image"
+    # A either failed with its own 404 or got the same file through B's link.
+    assert outcome["A"] in ("image", f"HTTP 404 Not Found for {dead}")
 
 
 async def test_keep_downloads_keeps_and_reuses_a_verified_file(

@@ -166,6 +166,7 @@ class _Entry:
     error: BaseException | None = None
     flight_done: trio.Event | None = None
     scope: trio.CancelScope | None = None
+    tried_urls: set[str] = field(default_factory=set)
 
 
 class SharedDownloads:
@@ -252,7 +253,20 @@ class SharedDownloads:
             if entry.result is not None:
                 return entry.result.path
             if entry.error is not None:
-                raise entry.error
+                if request.url in entry.tried_urls:
+                    raise entry.error
+                # thin-edge gives each child its own link to a file: another child's dead
+                # link (a resumed operation whose cached file was cleaned up) must not
+                # fail this one. Same sha256, so the partial file is resumed.
+                log_event(
+                    log,
+                    "shared download failed; trying this request's own URL",
+                    child=request.child_id,
+                    op=request.op_id,
+                    error=entry.error,
+                )
+                entry.error = None
+                entry.flight_done = None
             if entry.flight_done is None:
                 # A transfer of the same file being cancelled must end before a new one
                 # touches its partial file.
@@ -272,6 +286,8 @@ class SharedDownloads:
         def fan_out(progress: Progress) -> None:
             for listener in list(entry.listeners):
                 listener(progress)
+
+        entry.tried_urls.add(request.url)
 
         try:
             with trio.CancelScope() as entry.scope:
