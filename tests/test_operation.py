@@ -625,6 +625,46 @@ async def test_one_id_in_both_dialects_is_two_operations(
         assert record.final_status == "successful"
 
 
+class FullFromFinishedJournal(RecordingJournal):
+    """The disk fills up between the INSTALLING and the FINISHED record (until ``free``)."""
+
+    full = True
+
+    def put(self, record: OperationRecord) -> None:
+        if self.full and record.phase is Phase.FINISHED:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().put(record)
+
+
+async def test_published_final_status_stands_when_the_journal_could_not_record_it(
+    tmp_path: Path, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness = Harness(tmp_path, nursery)
+    journal = FullFromFinishedJournal(tmp_path / "full")
+    harness.journal = journal
+    harness.reporter = StatusReporter(harness.publisher, journal, nursery, in_thread=False)
+    installer = FakeInstaller()
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        return harness.operation(request=request, installer=installer)
+
+    worker = ChildWorker("c1", factory, harness.reporter)
+    await nursery.start(worker.run)
+    await worker.submit(make_request("x"))
+    await trio.sleep(20)
+    record = journal.get("c1", "x")
+    assert record is not None and record.phase is Phase.INSTALLING  # the disk said no
+    await worker.submit(make_request("x"))  # thin-edge re-sends it (attempt 2)
+    await trio.sleep(20)
+    statuses = [(b["status"], b.get("reason")) for _, b in harness.publisher.sent]
+    assert statuses == [("executing", None), ("successful", None), ("successful", None)]
+    assert len(installer.installed) == 1
+    journal.full = False  # space again: the remembered final record reaches the journal
+    assert await harness.reporter.retry_unjournaled() == 0
+    record = journal.get("c1", "x")
+    assert record is not None and record.final_status == "successful"
+
+
 async def test_queued_request_keepalive_does_not_pile_up_while_the_broker_is_away(
     harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 #: Finished operations are remembered this long (re-sent requests get their final status).
 KEEP_FINISHED_FOR = 30 * 24 * 3600.0
 HOUSEKEEPING_INTERVAL = 24 * 3600.0
+JOURNAL_RETRY_INTERVAL = 60.0  # final statuses a full disk refused are journaled again
 KEEP_LEFTOVER_DOWNLOADS_FOR = 24 * 3600.0  # a failed download may be requested again
 #: At shutdown, how long subscriptions wait for the MQTT client to disconnect.
 _GOODBYE_WAIT = 5.0
@@ -590,6 +591,7 @@ class Agent:
                 await nursery.start(worker.run)
             await self._recover(reporter)  # its publishes wait in the client's outbox
             nursery.start_soon(self._housekeeping)
+            nursery.start_soon(self._journal_retry, reporter)
             topics = [
                 (child, dialect, topic)
                 for child in self.config.child_id
@@ -702,6 +704,12 @@ class Agent:
                 )
             except OSError as exc:  # tidying up must never stop the agent
                 log_event(log, "housekeeping failed", logging.WARNING, error=exc)
+
+    async def _journal_retry(self, reporter: StatusReporter) -> None:
+        """Every minute: journal the final statuses a full disk refused, once it can."""
+        while True:
+            await trio.sleep(JOURNAL_RETRY_INTERVAL)
+            await reporter.retry_unjournaled()
 
     async def _run_client(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -209,6 +209,9 @@ class StatusReporter:
         self._nursery = nursery
         self._lock = trio.Lock()
         self._in_thread = in_thread
+        # Final records the journal refused (disk full): kept here so that a re-sent
+        # request gets the published answer, not "restarted during installation".
+        self._unjournaled: dict[tuple[str, str], OperationRecord] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._in_thread:
@@ -217,14 +220,46 @@ class StatusReporter:
         return fn(*args)
 
     async def put(self, record: OperationRecord) -> None:
-        """Journals ``record`` (in a worker thread); shielded so it always completes."""
+        """Journals ``record`` (in a worker thread); shielded so it always completes.
+
+        Raises:
+            OSError: The journal could not be written. A final record is then still
+                remembered in memory (see :meth:`get`) and written by
+                :meth:`retry_unjournaled`.
+        """
+        key = (record.request.child_id, record.request.key)
         with trio.CancelScope(shield=True):
             async with self._lock:
-                await self._call(self._journal.put, record)
+                try:
+                    await self._call(self._journal.put, record)
+                except OSError:
+                    if record.phase is Phase.FINISHED:
+                        self._unjournaled[key] = record
+                    raise
+                self._unjournaled.pop(key, None)
 
     async def get(self, child_id: str, key: str) -> OperationRecord | None:
-        """Reads one record (None if absent or unreadable); ``key``: ``FirmwareRequest.key``."""
+        """Reads one record (None if absent or unreadable); ``key``: ``FirmwareRequest.key``.
+
+        A final record the journal refused wins over what the journal still holds.
+        """
+        remembered = self._unjournaled.get((child_id, key))
+        if remembered is not None:
+            await trio.lowlevel.checkpoint()
+            return remembered
         return await self._call(self._journal.get, child_id, key)
+
+    async def retry_unjournaled(self) -> int:
+        """Tries again to journal the final records the journal refused; returns how
+        many are still only in memory."""
+        for record in list(self._unjournaled.values()):
+            try:
+                await self.put(record)
+            except OSError:
+                pass
+            else:
+                log_event(log, "final status journaled after all", **_fields(record.request))
+        return len(self._unjournaled)
 
     async def publish(self, message: StatusMessage) -> None:
         """Publishes ``message`` and waits for the broker (QoS 1); the caller bounds it."""
