@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from trio_fwagent.contract import FirmwareRequest, operation_key
-from trio_fwagent.journal import Journal, OperationRecord, Phase, record_name
+from trio_fwagent.journal import (
+    PLAUSIBLE_SINCE,
+    Journal,
+    OperationRecord,
+    Phase,
+    age_of,
+    record_name,
+)
 
+T0 = PLAUSIBLE_SINCE + 1_000_000.0  # a time a set clock can show
 SHA = "c036cbb7553a909f8b8877d4461924307f27ecb66cff928eeeafd569c3887e29"
 
 
@@ -127,7 +135,7 @@ def test_corrupt_files_are_logged_and_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = Journal(tmp_path)
-    good = OperationRecord(make_request("good"), Phase.FINISHED, "successful", updated_at=2.0)
+    good = OperationRecord(make_request("good"), Phase.FINISHED, "successful", updated_at=T0 + 2)
     journal.put(good)
     bad_path = journal.path_for("child1", K("bad"))
     bad_path.write_bytes(b"\x00garbage")
@@ -137,7 +145,7 @@ def test_corrupt_files_are_logged_and_skipped(
         assert journal.records() == [good]
         assert journal.get("child1", K("bad")) is None
     assert "corrupt" in caplog.text
-    assert journal.prune(0.0, now=10.0) == 1  # corrupt files don't break pruning either
+    assert journal.prune(0.0, now=T0 + 10) == 1  # corrupt files don't break pruning either
 
 
 def test_records_are_oldest_first(tmp_path: Path) -> None:
@@ -153,15 +161,32 @@ def test_records_are_oldest_first(tmp_path: Path) -> None:
 
 def test_prune_deletes_only_old_finished_records(tmp_path: Path) -> None:
     journal = Journal(tmp_path)
-    old_done = OperationRecord(make_request("old"), Phase.FINISHED, "successful", updated_at=100.0)
-    new_done = OperationRecord(make_request("new"), Phase.FINISHED, "failed", updated_at=950.0)
-    old_running = OperationRecord(make_request("run"), Phase.DOWNLOADING, updated_at=100.0)
+    old_done = OperationRecord(
+        make_request("old"), Phase.FINISHED, "successful", updated_at=T0 + 100
+    )
+    new_done = OperationRecord(make_request("new"), Phase.FINISHED, "failed", updated_at=T0 + 950)
+    old_running = OperationRecord(make_request("run"), Phase.DOWNLOADING, updated_at=T0 + 100)
     for record in (old_done, new_done, old_running):
         journal.put(record)
-    assert journal.prune(keep_finished_for=500.0, now=1000.0) == 1
+    assert journal.prune(keep_finished_for=500.0, now=T0 + 1000) == 1
     assert journal.get("child1", K("old")) is None
     assert journal.get("child1", K("new")) == new_done
     assert journal.get("child1", K("run")) == old_running
+
+
+def test_records_stamped_by_an_unset_clock_are_not_pruned_but_restamped(tmp_path: Path) -> None:
+    """No RTC: a record written at boot says 1970. Once NTP set the clock it must not look
+    56 years old (pruned at once, a re-sent request would install again)."""
+    journal = Journal(tmp_path)
+    at_boot = OperationRecord(make_request("boot"), Phase.FINISHED, "successful", updated_at=42.0)
+    journal.put(at_boot)
+    assert age_of(at_boot, T0 + 5) is None and age_of(at_boot, 43.0) is None
+    assert journal.prune(keep_finished_for=500.0, now=99.0) == 0  # clock still unset
+    assert journal.prune(keep_finished_for=500.0, now=T0 + 1000) == 0
+    restamped = journal.get("child1", K("boot"))
+    assert restamped == at_boot.replace(updated_at=T0 + 1000)
+    # From then on it ages like any other record.
+    assert journal.prune(keep_finished_for=500.0, now=T0 + 1600) == 1
 
 
 def test_prune_removes_stale_temp_files(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ from trio_fwagent.contract import (
 )
 from trio_fwagent.download import DownloadError, DownloadResult, Progress, RetryPolicy, download
 from trio_fwagent.download.verify import file_sha256
-from trio_fwagent.journal import Journal, OperationRecord, Phase
+from trio_fwagent.journal import Journal, OperationRecord, Phase, age_of
 from trio_fwagent.logs import log_event
 from trio_fwagent.mqtt.client import Message, MqttClient, MqttSettings
 from trio_fwagent.operation import (
@@ -664,15 +664,18 @@ class Agent:
                     **fields,
                 )
                 await reporter.finish(req, "failed", RESTARTED_DURING_INSTALL)
-            elif time.time() - record.updated_at > self.settings.operation_timeout:
+            elif (age := age_of(record, time.time())) is not None and (
+                age > self.settings.operation_timeout
+            ):
                 # thin-edge gave up on it long ago and would ignore a late "successful":
-                # installing now would leave the device and the cloud disagreeing.
+                # installing now would leave the device and the cloud disagreeing. (An
+                # age that an unset clock makes unknown is not taken for expiry.)
                 log_event(log, "operation expired while the agent was stopped", **fields)
                 await reporter.finish(
                     req,
                     "failed",
                     f"operation expired while the agent was not running (started "
-                    f"{time.time() - record.updated_at:.0f} s ago, operation_timeout "
+                    f"{age:.0f} s ago, operation_timeout "
                     f"{self.settings.operation_timeout:g} s); request the update again",
                 )
             elif not worker.enqueue(req, resumed=True):

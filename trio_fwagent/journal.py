@@ -124,6 +124,20 @@ class OperationRecord:
         )
 
 
+#: 2026-01-01 UTC. A device without a real-time clock starts in 1970 until NTP sets the
+#: time: a record stamped before this was written by an unset clock, and its age is
+#: unknown (neither "expired" nor "old enough to forget").
+PLAUSIBLE_SINCE = 1_767_225_600.0
+
+
+def age_of(record: OperationRecord, now: float) -> float | None:
+    """Seconds since ``record`` last changed, or None when either clock reading is
+    implausible (see :data:`PLAUSIBLE_SINCE`)."""
+    if record.updated_at < PLAUSIBLE_SINCE or now < PLAUSIBLE_SINCE:
+        return None
+    return max(0.0, now - record.updated_at)
+
+
 def record_name(child_id: str, key: str) -> str:
     """File name of the record for (``child_id``, ``key``): a hash, never the raw ids.
 
@@ -199,7 +213,9 @@ class Journal:
         """Delete finished records (and stale temp files) older than ``keep_finished_for``.
 
         A finished record whose final status was never acknowledged is pruned too once
-        it is this old: thin-edge stopped waiting for it long ago.
+        it is this old: thin-edge stopped waiting for it long ago. A record stamped by an
+        unset clock (:func:`age_of` is None) is re-stamped with ``now`` once the clock is
+        set, and kept: forgetting it early could let a re-sent request install again.
 
         Args:
             keep_finished_for: Age in seconds (by ``updated_at``) to keep finished records.
@@ -208,13 +224,20 @@ class Journal:
         Returns:
             The number of records deleted.
         """
-        cutoff = (time.time() if now is None else now) - keep_finished_for
+        now = time.time() if now is None else now
+        cutoff = now - keep_finished_for
         deleted = 0
         for path in self._record_paths():
             record = self._load(path)
             if record is None or record.phase is not Phase.FINISHED:
                 continue
-            if record.updated_at < cutoff:
+            age = age_of(record, now)
+            if age is None:
+                if now >= PLAUSIBLE_SINCE:
+                    with contextlib.suppress(OSError):
+                        self.put(record.replace(updated_at=now))
+                continue
+            if age > keep_finished_for:
                 with contextlib.suppress(OSError):
                     path.unlink()
                     deleted += 1
