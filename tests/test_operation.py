@@ -665,6 +665,29 @@ async def test_published_final_status_stands_when_the_journal_could_not_record_i
     assert record is not None and record.final_status == "successful"
 
 
+async def test_a_resent_request_with_other_values_is_answered_as_the_first_and_logged(
+    harness: Harness,
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    installer = FakeInstaller()
+
+    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+        return harness.operation(request=request, installer=installer)
+
+    worker = ChildWorker("c1", factory, harness.reporter)
+    await nursery.start(worker.run)
+    await worker.submit(make_request("x"))
+    await trio.sleep(10)
+    with caplog.at_level(logging.WARNING, logger="trio_fwagent.agent"):
+        await worker.submit(make_request("x", url="http://files.local/other.bin"))
+        await trio.sleep(1)
+    assert len(installer.installed) == 1
+    (warning,) = [r for r in caplog.records if "re-sent with other values" in r.getMessage()]
+    assert warning.fields["changed"] == "url"  # type: ignore[attr-defined]
+
+
 async def test_queued_request_keepalive_does_not_pile_up_while_the_broker_is_away(
     harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -370,6 +370,26 @@ class SharedDownloads:
         return DownloadResult(entry.dest, size, digest, 0, 0, 0, 0.0)
 
 
+def _warn_if_changed(
+    earlier: FirmwareRequest, request: FirmwareRequest, fields: dict[str, Any]
+) -> None:
+    """A re-sent request is answered as the operation it copies; say so if it differs."""
+    changed = [
+        name
+        for name in ("url", "sha256", "name", "version")
+        if getattr(earlier, name) != getattr(request, name)
+    ]
+    if changed:
+        log_event(
+            log,
+            "request re-sent with other values; answering for the operation as first "
+            "received (send a new id for a new update)",
+            logging.WARNING,
+            **fields,
+            changed=",".join(changed),
+        )
+
+
 class ChildWorker:
     """Runs one child's operations, one at a time, in arrival order.
 
@@ -481,6 +501,9 @@ class ChildWorker:
         # status). Not active means nobody else writes the record while we look.
         was_active = request.key in self.active
         record = await self._reporter.get(request.child_id, request.key)
+        earlier = self.active.get(request.key) or (record.request if record else None)
+        if earlier is not None:
+            _warn_if_changed(earlier, request, fields)
         if was_active and (record is None or record.phase is not Phase.FINISHED):
             # (A running operation may already have journaled its final status while it
             # waits for the broker's acknowledgement: then that final is the answer.)
