@@ -13,14 +13,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncclick as click
 import pytest
 import trio
 
+from trio_fwagent.agent import SharedDownloads
 from trio_fwagent.cli import cli
 from trio_fwagent.cli.declare import child_id_problem
+from trio_fwagent.cli.update import download_path
+from trio_fwagent.download import RetryPolicy
 from trio_fwagent.progress import (
     ProgressDisplay,
     format_bytes,
@@ -223,7 +227,7 @@ async def test_update_downloads_verifies_and_runs_the_installer(
     assert env["FW_CHILD_ID"] == "c1"
     assert env["FW_OP_ID"]
     assert (tmp_path / "install.sh.installed").read_bytes() == data
-    assert list((data_dir / "downloads").iterdir()) == []  # not kept without --keep-download
+    assert list((data_dir / "cli-downloads").iterdir()) == []  # not kept without --keep-download
 
 
 async def test_update_with_a_wrong_checksum_fails_without_installing(
@@ -318,7 +322,7 @@ async def test_ctrl_c_keeps_a_partial_file_and_the_same_command_resumes(
         data_dir = tmp_path / "data"
         cmd = ["update", "--url", url, "--sha256", _sha(data), "--install-target", str(out),
                "--data-dir", str(data_dir)]  # fmt: skip
-        part = data_dir / "downloads" / f"update-{_sha(data)}.bin.part"
+        part = download_path(data_dir, _sha(data)).with_name(f"update-{_sha(data)}.bin.part")
 
     log = tmp_path / "first.log"
     code = await _interrupt_when_partial(cmd, part, log)
@@ -328,6 +332,11 @@ async def test_ctrl_c_keeps_a_partial_file_and_the_same_command_resumes(
     assert "run the same command again" in message
     assert part.stat().st_size > 0
     assert not out.exists()
+    if command == "update":
+        # An agent starting on the same data dir sweeps its own downloads/ of leftovers.
+        agent_downloads = data_dir / "downloads"
+        SharedDownloads(agent_downloads, retry=RetryPolicy(), stall_timeout=1.0).sweep(())
+        assert part.stat().st_size > 0
 
     fault_server.faults.throttle = None
     second = await _run_async(*cmd)
@@ -365,3 +374,73 @@ async def test_download_of_a_missing_file_fails_with_the_status(
     # Nothing was received, so nothing is left behind to clean up or "resume".
     assert os.listdir(tmp_path) == []
     assert "partial download kept" not in result.stderr
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """True if process ``pid`` has ``path`` open."""
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_an_earlier_download_is_checked_installs_nothing(
+    tmp_path: Path, installer: Path
+) -> None:
+    """SIGINT while update re-hashes an image from an earlier run: exit 130 at once, and
+    the installer never runs."""
+    data_dir = tmp_path / "data"
+    sha = "ab" * 32
+    earlier = download_path(data_dir, sha)
+    earlier.parent.mkdir(parents=True)
+    with earlier.open("wb") as f:
+        f.truncate(4 << 30)  # sparse: many seconds to hash, no disk space
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_fwagent", "update", "--url", "http://127.0.0.1:9/fw",
+         "--sha256", sha, "--install-command", str(installer), "--data-dir", str(data_dir),
+         "--attempts", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not _has_open(proc.pid, earlier):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "update never opened the earlier download"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "nothing was installed" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "install.sh.env").exists()
+
+
+async def test_download_into_an_unwritable_place_is_one_error_line(
+    fault_server: FaultyFileServer, tmp_path: Path
+) -> None:
+    """A DownloadError raised inside the downloader's nursery is still `error: ...`."""
+    url = fault_server.add_file("/fw.bin", b"firmware")
+    result = await _run_async("download", url, "-o", "/sys/fw.bin", "--attempts", "1")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: download failed: ")
+    assert "/sys/fw.bin.part" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://fw..example.com/fw.bin", f"http://{'a' * 64}.example.com/x", "http://127.0.0.1:0/x"],
+)
+def test_download_url_with_an_unusable_host_or_port_is_a_usage_error(
+    tmp_path: Path, url: str
+) -> None:
+    result = run_cli("download", url, "-o", str(tmp_path / "x.bin"), "--attempts", "1")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Invalid value for 'URL'" in result.stderr
+    assert os.listdir(tmp_path) == []

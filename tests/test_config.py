@@ -109,6 +109,24 @@ def test_repeated_flags_collect_children() -> None:
         ({"log_format": "xml"}, {}, "log_format", "text, json"),
         ({"mqtt_ca_file": "/nonexistent/ca.pem"}, {}, "mqtt_ca_file", "not a readable file"),
         ({"mqtt_password_file": "/nonexistent/pw"}, {}, "mqtt_password_file", "cannot read"),
+        # Values that used to pass here and crash `run` later (exit 1, a traceback):
+        ({"mqtt_host": "gw..local"}, {}, "mqtt_host", "label is empty"),
+        ({"mqtt_host": "a" * 64 + ".local"}, {}, "mqtt_host", "over 63"),
+        ({"mqtt_host": "127.0.0.1:1883"}, {}, "mqtt_host", "mqtt_port"),
+        ({"mqtt_server_name": "broker..local"}, {}, "mqtt_server_name", "label is empty"),
+        ({"mqtt_ws_path": "/my mqtt"}, {}, "mqtt_ws_path", "without spaces"),
+        ({"mqtt_ws_path": "/mqtt\x7f"}, {}, "mqtt_ws_path", "control characters"),
+        ({"child_id": ("pump\x7f1",)}, {}, "child_id", "control characters"),
+        ({"child_id": ()}, {"TRIO_FWAGENT_CHILD_ID": "pump\udce91"}, "child_id", "UTF-8"),
+        ({}, {"TRIO_FWAGENT_MQTT_CLIENT_ID": "ab\udcff"}, "mqtt_client_id", "UTF-8"),
+        ({"mqtt_username": "\udcffroot"}, {}, "mqtt_username", "UTF-8"),
+        ({"allowed_hosts": ("127.0.0.1:8000",)}, {}, "allowed_hosts", "without ports"),
+        ({"allowed_hosts": ("[::1]",)}, {}, "allowed_hosts", "without ports"),
+        ({"allowed_hosts": (".files..example",)}, {}, "allowed_hosts", "label is empty"),
+        ({"install_target": "/tmp"}, {}, "install_target", "is a directory"),
+        ({"install_target": "/nonexistent/dir/fw.img"}, {}, "install_target", "does not exist"),
+        ({"install_command": ("/bin/true", "a\x00b")}, {}, "install_command", "NUL"),
+        ({"install_command": "/bin/flash a\x00b"}, {}, "install_command", "NUL"),
     ],
 )
 def test_bad_value_names_its_key(
@@ -119,6 +137,33 @@ def test_bad_value_names_its_key(
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}: ")
     assert words in str(info.value)
+
+
+def test_hosts_that_resolve_are_accepted() -> None:
+    config = load_config(
+        None,
+        {
+            **BASE,
+            "mqtt_host": "gw.local.",
+            "mqtt_server_name": "a" * 63 + ".example",
+            "allowed_hosts": ("::1", "*.Example.com", ".files.local", "10.0.0.1", "my_host"),
+        },
+        {},
+    )
+    assert config.mqtt_host == "gw.local."
+    assert config.allowed_hosts == ("::1", "*.example.com", ".files.local", "10.0.0.1", "my_host")
+
+
+def test_install_target_is_only_checked_when_it_is_the_installer() -> None:
+    config = load_config(None, {**BASE, "install_command": "/bin/true", "install_target": "/"}, {})
+    assert config.install_command == ("/bin/true",)
+
+
+def test_readme_quotes_the_real_missing_child_id_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"install_target": "/x"}, {})
+    readme = Path(__file__).parent.parent / "README.md"
+    assert f"`{info.value}`" in " ".join(readme.read_text().split())
 
 
 def test_missing_child_id_and_installer_are_named() -> None:
@@ -146,6 +191,12 @@ def test_file_errors_name_the_key_or_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, 'mqtt_tls = "yes please"\n'), BASE, {})
     assert info.value.key == "mqtt_tls"
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'child_id = ["c1"]\n# r\xe9glages\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(latin1, BASE, {})
+    assert info.value.key == "config"
+    assert "UTF-8" in str(info.value)
 
 
 def test_toml_native_types_and_argv_list(tmp_path: Path) -> None:
@@ -205,6 +256,39 @@ def test_run_exits_2_for_an_unusable_data_dir(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "data_dir" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "key"),
+    [
+        ("latin-1 file", "config"),
+        ("non-UTF-8 env child id", "child_id"),
+        ("non-UTF-8 env client id", "mqtt_client_id"),
+        ("empty host label", "mqtt_host"),
+    ],
+)
+def test_run_exits_2_not_a_traceback_for_values_that_used_to_crash(
+    tmp_path: Path, case: str, key: str
+) -> None:
+    """These crashed `run` with exit 1 and a traceback (systemd restarts it forever)."""
+    args = ["--install-target", str(tmp_path / "fw.img"), "--data-dir", str(tmp_path / "d")]
+    args += ["--mqtt-port", "9"]
+    env: dict[str, str] = {}
+    if case == "latin-1 file":
+        toml = tmp_path / "agent.toml"
+        toml.write_bytes(b'child_id = ["c1"]\n# r\xe9glages\n')
+        args += ["--config", str(toml)]
+    elif case == "non-UTF-8 env child id":
+        env["TRIO_FWAGENT_CHILD_ID"] = "pump\udce91"  # the byte 0xe9, as os.environ has it
+    elif case == "non-UTF-8 env client id":
+        env["TRIO_FWAGENT_MQTT_CLIENT_ID"] = "ab\udcff"
+        args += ["--child-id", "c1"]
+    else:
+        args += ["--child-id", "c1", "--mqtt-host", "gw..local"]
+    result = _run_cli(*args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"configuration error: {key}: " in result.stderr
 
 
 def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:

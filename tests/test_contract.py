@@ -211,6 +211,10 @@ BAD_LEGACY: list[tuple[str, bytes, str | None, str]] = [
     ("url bad port", legacy_payload(url="http://h:99999/f"), "op-1", "field 'url' must be an http"),
     ("url space", legacy_payload(url="http://h/a b"), "op-1", "field 'url' must be an http"),
     ("url relative", legacy_payload(url="/tedge/file"), "op-1", "field 'url' must be an http"),
+    ("url empty label", legacy_payload(url="http://fw..example.com/x"), "op-1", "invalid host"),
+    ("url long label", legacy_payload(url=f"http://{'a' * 64}.com/x"), "op-1", "invalid host"),
+    ("url idn empty label", legacy_payload(url="http://\u00e9..x/x"), "op-1", "invalid host"),
+    ("url port 0", legacy_payload(url="http://h:0/f"), "op-1", "field 'url' must be an http"),
     ("missing sha", legacy_payload(sha256=_DROP), "op-1", "field 'sha256' is missing"),
     ("short sha", legacy_payload(sha256=SHA[:-1]), "op-1", "field 'sha256' must be 64 hex"),
     ("non-hex sha", legacy_payload(sha256="g" * 64), "op-1", "field 'sha256' must be 64 hex"),
@@ -231,6 +235,14 @@ def test_legacy_malformed_request_is_invalid_naming_the_field(
     assert reason in info.value.reason
     assert str(info.value) == info.value.reason
     assert "\n" not in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "url", [f"http://{'a' * 63}.example.com./x", "https://[::1]:8443/x", "http://b\u00fccher.de/"]
+)
+def test_legacy_accepts_urls_whose_host_resolves(url: str) -> None:
+    request = LEGACY.parse("child1", REQ_TOPIC, legacy_payload(url=url))
+    assert request is not None and request.url == url
 
 
 @pytest.mark.parametrize("child_id", ["", "a/b", "a+", "#", "a\x00", "c" * 257])

@@ -117,6 +117,18 @@ async def test_nonzero_exit_reports_code_and_last_stderr_lines(tmp_path: Path) -
     assert str(info.value) == info.value.reason
 
 
+async def test_blank_stderr_lines_do_not_push_out_the_error(tmp_path: Path) -> None:
+    installer = script(
+        tmp_path,
+        "echo 'flash: partition B is locked' >&2\n"
+        "i=0; while [ $i -lt 12 ]; do echo >&2; printf ' \\t\\r\\n' >&2; i=$((i+1)); done\n"
+        "exit 4\n",
+    )
+    with pytest.raises(InstallError) as info:
+        await run_installer([str(installer)], dict(os.environ))
+    assert info.value.reason == "installer exited with code 4: flash: partition B is locked"
+
+
 async def test_exit_without_stderr_has_a_plain_reason(tmp_path: Path) -> None:
     with pytest.raises(InstallError) as info:
         await run_installer([str(script(tmp_path, "exit 7\n"))], dict(os.environ))

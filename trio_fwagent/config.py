@@ -14,6 +14,7 @@ directories or read anything but the config file, the MQTT password file and the
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from trio_fwagent.contract.model import check_child_id
 from trio_fwagent.install import split_command
 
 __all__ = ["ENV_PREFIX", "KEYS", "Config", "ConfigError", "load_config"]
@@ -212,10 +214,15 @@ def _choice(*choices: str) -> Callable[[object], str]:
 def _child_ids(value: object) -> tuple[str, ...]:
     ids = _str_list(value)
     for child in ids:
-        if not _CHILD_ID_RE.match(child):
+        try:
+            check_child_id(child)  # the rule the MQTT topics are built with
+            usable = bool(_CHILD_ID_RE.match(child))
+        except ValueError:
+            usable = False
+        if not usable:
             raise ValueError(
-                f"{child!r} is not a usable child id (1-128 characters, no '/', '+', '#' "
-                "or whitespace)"
+                f"{child!r} is not a usable child id (1-128 characters, no '/', '+', '#', "
+                "whitespace or control characters)"
             )
     return ids
 
@@ -245,21 +252,62 @@ def _ws_path(value: object) -> str:
     s = _str(value).strip()
     if not s.startswith("/"):
         raise ValueError(f"must start with '/', got {value!r}")
+    if not all("!" <= c <= "~" for c in s):
+        raise ValueError(
+            f"must be printable ASCII without spaces or control characters (percent-encode "
+            f"anything else), got {value!r}"
+        )
     return s
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be looked up as a host name or address, or None if it can."""
+    if not _HOST_RE.match(host):
+        return "is not a host name or address"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if any(c in host for c in ":[]"):
+        return "has a port or brackets"
+    try:
+        host.encode("idna")  # what the resolver does: every label 1-63 characters
+    except UnicodeError:
+        return "is not a valid host name (a dot-separated label is empty or over 63 characters)"
+    return None
 
 
 def _host(value: object) -> str:
     s = _str(value).strip()
-    if not _HOST_RE.match(s):
-        raise ValueError(f"is not a host name or address: {value!r}")
+    problem = _host_problem(s)
+    if problem == "has a port or brackets":
+        raise ValueError(
+            f"{value!r} has a port or brackets: give the bare host name or address "
+            "(an IPv6 address without brackets; the port goes in mqtt_port)"
+        )
+    if problem:
+        raise ValueError(f"{problem}: {value!r}")
     return s
+
+
+def _opt_host(value: object) -> str | None:
+    s = _opt_str(value)
+    return _host(s) if s is not None else None
 
 
 def _hosts(value: object) -> tuple[str, ...]:
     hosts = tuple(h.lower() for h in _str_list(value))
     for h in hosts:
-        if not _HOST_RE.match(h):
-            raise ValueError(f"{h!r} is not a host name or address")
+        # ".example.com" and "*.example.com" also allow subdomains.
+        problem = _host_problem(h[2:] if h.startswith("*.") else h[1:] if h[:1] == "." else h)
+        if problem == "has a port or brackets":
+            raise ValueError(
+                f"{h!r} has a port or brackets, so it never matches: list host names or "
+                "addresses without ports (e.g. '127.0.0.1', '::1', 'files.example.com')"
+            )
+        if problem:
+            raise ValueError(f"{h!r} {problem}")
     return hosts
 
 
@@ -268,14 +316,17 @@ def _command(value: object) -> tuple[str, ...]:
         argv = tuple(_str(v) for v in value)
         if argv and not argv[0]:
             raise ValueError("the program (first word) must not be empty")
-        return argv
-    s = _str(value)
-    if not s.strip():
-        return ()
-    try:
-        return tuple(split_command(s))
-    except ValueError as exc:
-        raise ValueError(f"cannot split {value!r} into words: {exc}") from None
+    else:
+        s = _str(value)
+        if not s.strip():
+            return ()
+        try:
+            argv = tuple(split_command(s))
+        except ValueError as exc:
+            raise ValueError(f"cannot split {value!r} into words: {exc}") from None
+    if any("\x00" in word for word in argv):
+        raise ValueError("must not contain NUL (a program argument cannot hold one)")
+    return argv
 
 
 _PARSERS: dict[str, Callable[[object], Any]] = {
@@ -288,7 +339,7 @@ _PARSERS: dict[str, Callable[[object], Any]] = {
     "mqtt_ca_file": _opt_path,
     "mqtt_cert_file": _opt_path,
     "mqtt_key_file": _opt_path,
-    "mqtt_server_name": _opt_str,
+    "mqtt_server_name": _opt_host,
     "mqtt_client_id": _str,
     "mqtt_username": _opt_str,
     "mqtt_password_file": _opt_path,
@@ -328,6 +379,10 @@ def _read_file(path: Path) -> dict[str, object]:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "config", f"{path} is not valid UTF-8 (byte {exc.start}): save it as UTF-8"
+        ) from None
     for key in data:
         if key not in _PARSERS:
             hint = " (did you mean child_id?)" if key in ("child_ids", "children") else ""
@@ -370,6 +425,7 @@ def load_config(
             raw, source = file_values[key], f"file {config_file}"
         if source:
             try:
+                _check_utf8(raw)
                 values[key] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(key, f"{exc} (from {source})") from None
@@ -377,6 +433,17 @@ def load_config(
         if key not in _PARSERS:
             raise ConfigError(key, "unknown key")
     return _finish(values)
+
+
+def _check_utf8(raw: object) -> None:
+    """Rejects strings that cannot be encoded as UTF-8 (undecodable bytes in the
+    environment or on the command line arrive as lone surrogates)."""
+    for item in raw if isinstance(raw, list | tuple) else (raw,):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the value is not valid UTF-8 text") from None
 
 
 def _no_password() -> str:
@@ -430,6 +497,17 @@ def _finish(values: dict[str, object]) -> Config:
             "set install_command (a program run with FW_FILE etc. in its environment) or "
             "install_target (a file the firmware image is copied to)",
         )
+
+    target = cast(Path | None, values.get("install_target"))
+    if target is not None and not values.get("install_command"):
+        if target.is_dir():
+            raise ConfigError(
+                "install_target", f"{target} is a directory; give the file to copy the image to"
+            )
+        if not target.parent.is_dir():
+            raise ConfigError(
+                "install_target", f"directory {target.parent} (of {target}) does not exist"
+            )
 
     if values.get("mqtt_key_file") is not None and values.get("mqtt_cert_file") is None:
         raise ConfigError("mqtt_key_file", "needs mqtt_cert_file (the client certificate)")

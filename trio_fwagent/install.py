@@ -274,7 +274,9 @@ class _StderrTail:
         *complete, rest = data.split(b"\n")
         for piece in complete:
             self._extend(piece)
-            self._lines.append(bytes(self._partial))
+            # Blank lines must not push the installer's error out of the tail.
+            if _printable(self._partial.decode("utf-8", "replace")):
+                self._lines.append(bytes(self._partial))
             self._partial.clear()
         self._extend(rest)
 

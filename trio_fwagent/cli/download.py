@@ -18,10 +18,13 @@ import asyncclick as click
 import trio
 
 from trio_fwagent.cli import cli
+from trio_fwagent.contract import InvalidRequest
+from trio_fwagent.contract.model import check_url as check_request_url
 from trio_fwagent.download import DownloadError, DownloadResult, RetryPolicy, download
 from trio_fwagent.progress import ProgressDisplay, format_bytes
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -92,9 +95,15 @@ def check_sha256(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def check_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """click callback: accept http:// and https:// URLs only."""
-    if not value.lower().startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http:// or https:// URL", ctx=ctx, param=param)
+    """click callback: accept http:// and https:// URLs with a usable host only (the rule
+    the agent applies to requests)."""
+    try:
+        check_request_url(value, "url", None)
+    except InvalidRequest as error:
+        reason = error.reason.removeprefix("field 'url' ")
+        raise click.BadParameter(
+            reason.replace("http or https", "http:// or https://"), ctx=ctx, param=param
+        ) from None
     return value
 
 
@@ -143,16 +152,22 @@ async def download_or_exit(
     """
     display = ProgressDisplay(label="download")
     try:
-        result = await run_interruptible(
-            lambda: download(
-                url,
-                dest,
-                sha256=sha256,
-                retry=RetryPolicy(max_attempts=attempts),
-                stall_timeout=stall_timeout,
-                on_progress=display,
+        try:
+            result = await run_interruptible(
+                lambda: download(
+                    url,
+                    dest,
+                    sha256=sha256,
+                    retry=RetryPolicy(max_attempts=attempts),
+                    stall_timeout=stall_timeout,
+                    on_progress=display,
+                )
             )
-        )
+        except ExceptionGroup as group:  # a DownloadError raised inside a nursery
+            matched, _ = group.split(DownloadError)
+            if matched is None:
+                raise
+            raise _first(matched) from None
     except Interrupted as stop:
         display.finish()
         kept = describe_partial(dest)
@@ -168,6 +183,12 @@ async def download_or_exit(
         raise fail(f"{command} failed: {error.reason}") from None
     display.finish()
     return result
+
+
+def _first(group: BaseExceptionGroup[E]) -> E:
+    """The first leaf exception of a (nested) exception group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 #: Options shared by every command that downloads (``download`` and ``update``).

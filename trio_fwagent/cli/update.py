@@ -50,8 +50,12 @@ def default_data_dir() -> Path:
 
 
 def download_path(data_dir: Path, sha256: str) -> Path:
-    """Where the image with this checksum is downloaded (the same command finds it again)."""
-    return data_dir / "downloads" / f"update-{sha256}.bin"
+    """Where the image with this checksum is downloaded (the same command finds it again).
+
+    Not in ``downloads/``: that is the agent's, and its start-up sweep deletes partial
+    files no operation of its own will resume.
+    """
+    return data_dir / "cli-downloads" / f"update-{sha256}.bin"
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -60,7 +64,8 @@ def _file_sha256(path: Path) -> str | None:
 
 async def _already_downloaded(dest: Path, sha256: str) -> bool:
     """True if a verified earlier download (e.g. install interrupted) can be reused."""
-    return await trio.to_thread.run_sync(_file_sha256, dest) == sha256
+    # A pure hash: on Ctrl-C the thread may be abandoned (it only reads).
+    return await trio.to_thread.run_sync(_file_sha256, dest, abandon_on_cancel=True) == sha256
 
 
 @cli.command()
@@ -94,7 +99,7 @@ async def _already_downloaded(dest: Path, sha256: str) -> bool:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="TRIO_FWAGENT_DATA_DIR",
-    help="Where the download is kept while it is incomplete "
+    help="Where the download is kept (in DIR/cli-downloads) while it is incomplete "
     "[default: /var/lib/trio-fwagent as root, else ~/.cache/trio-fwagent].",
 )
 @click.option("--child-id", default="", help="Value of FW_CHILD_ID for the installer.")
@@ -163,7 +168,15 @@ async def update(
         ) from None
 
     started = time.monotonic()
-    if await _already_downloaded(dest, sha256):
+    try:
+        reuse = await run_interruptible(lambda: _already_downloaded(dest, sha256))
+    except Interrupted as stop:
+        click.echo(
+            f"interrupted while checking the earlier download {dest}; nothing was installed",
+            err=True,
+        )
+        raise click.exceptions.Exit(stop.exit_code) from None
+    if reuse:
         click.echo(f"using the verified download from an earlier run: {dest}", err=True)
     else:
         await _download(url, dest, sha256, attempts, stall_timeout)

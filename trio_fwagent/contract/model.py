@@ -320,11 +320,19 @@ def check_url(value: str, key: str, op_id: str | None) -> None:
         raise bad
     try:
         parts = urlsplit(value)
-        _ = parts.port  # raises ValueError for a malformed port
+        port = parts.port  # raises ValueError for a malformed port
     except ValueError:
         raise bad from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == 0:
         raise bad
+    try:
+        parts.hostname.encode("idna")  # as the resolver will: every label 1-63 characters
+    except UnicodeError:
+        raise InvalidRequest(
+            op_id,
+            f"field {key!r} has an invalid host name {parts.hostname!r} (a dot-separated "
+            "label is empty, over 63 characters or not encodable)",
+        ) from None
 
 
 def require_sha256(data: Mapping[str, Any], key: str, op_id: str | None) -> str:
