@@ -54,8 +54,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_help_shows_examples(command: str) -> None:
     """Each command's help has an Examples block whose lines click kept as written."""
-    cmd = cli.commands[command]
-    ctx = click.Context(cmd, info_name=command, parent=click.Context(cli, info_name="trio-fwagent"))
+    parent = click.Context(cli, info_name="trio-fwagent")
+    cmd = cli.get_command(parent, command)  # imports the command's module (lazy group)
+    assert cmd is not None
+    ctx = click.Context(cmd, info_name=command, parent=parent)
     text = cmd.get_help(ctx)
     assert "Examples:" in text
     examples = text.split("Examples:", 1)[1]
@@ -77,6 +79,26 @@ def test_version_flag_prints_the_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+def test_version_and_declare_do_not_import_the_agent() -> None:
+    """Commands' modules load when asked for: --version stays cheap on a small device."""
+    probe = (
+        "import sys\n"
+        "from trio_fwagent.cli import cli\n"
+        "try:\n"
+        "    cli.main(['--version'], standalone_mode=False, _anyio_backend='trio')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('trio_fwagent.agent', 'httpx', 'trio_fwagent.demo')"
+        " if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout, result.stdout
 
 
 # ----------------------------------------------------------------------------- declare

@@ -6,13 +6,32 @@ calls into the agent, the downloader or the demo; none holds protocol or downloa
 
 from __future__ import annotations
 
+import importlib
+
 import asyncclick as click
 
 from trio_fwagent._version import __version__
 from trio_fwagent.logs import setup_logging
 
+#: Each command's module, imported when the command is asked for: ``--version`` and
+#: ``declare`` need not import Trio, httpx and the agent (a third of a second on a small
+#: device), and ``run`` need not import the demo.
+_COMMAND_MODULES = ("declare", "demo", "download", "run", "update")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A group whose commands register themselves when their module is imported."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMAND_MODULES and cmd_name not in self.commands:
+            importlib.import_module(f"{__name__}.{cmd_name}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trio-fwagent")
 @click.option(
     "--log-level",
@@ -44,10 +63,3 @@ async def cli(log_level: str | None, log_format: str | None) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli(_anyio_backend="trio")
-
-
-from trio_fwagent.cli import declare as _declare  # noqa: F401,E402
-from trio_fwagent.cli import demo as _demo  # noqa: F401,E402
-from trio_fwagent.cli import download as _download  # noqa: F401,E402
-from trio_fwagent.cli import run as _run  # noqa: F401,E402
-from trio_fwagent.cli import update as _update  # noqa: F401,E402
