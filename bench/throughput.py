@@ -4,7 +4,8 @@
 
 Every peer downloads the same file from a private nginx on loopback, in its own fresh
 process, to a directory on disk (the filesystem that holds the repository) and on tmpfs
-(/dev/shm). Rounds are interleaved (A B C, B C A, ...) and the table shows medians,
+(/dev/shm). Rounds are interleaved (A B C, B C A, ...), each measured run follows an
+unmeasured run of the same peer (full runs: see bench/README.md), and the table shows medians,
 with speed ratios against ``curl -o`` and ``requests`` measured in the same run:
 ``x curl`` = curl's time / this row's time, so above 1.0 is faster than curl.
 
@@ -204,6 +205,20 @@ def run(opts: Options, ws: Workspace) -> Report:
                 rows = samples.setdefault(target, {})
                 for i in range(len(found)):
                     peer = found[(i + r) % len(found)]
+                    if not opts.quick:
+                        # Unmeasured, so that every measured run follows a run of its
+                        # own kind: on this VM a writer's disk time depends on what the
+                        # previous process did (requests to disk: 1.1 s after itself,
+                        # 2.2 s after curl or trio-fwagent), and a fixed order would
+                        # hand one peer the slow case every round.
+                        warm_dir = ws.target_dir(target)
+                        try:
+                            run_chain(peer.build(url, warm_dir / "image.bin", sha), peer.name)
+                        except BenchError:
+                            pass  # the measured run below reports it
+                        finally:
+                            shutil.rmtree(warm_dir, ignore_errors=True)
+                            sync_fs()
                     dest_dir = ws.target_dir(target)
                     dest = dest_dir / "image.bin"
                     try:
