@@ -286,6 +286,19 @@ async def test_cancelled_download_keeps_its_partial_file_and_resumes(
     assert (tmp_path / "fw.bin").read_bytes() == data
 
 
+async def test_a_partial_file_that_cannot_be_opened_is_a_plain_download_error(
+    fault_server: FaultyFileServer, tmp_path: Path
+) -> None:
+    """Not an ExceptionGroup: the agent tells DownloadErrors (a reason for the cloud)
+    from crashes (a traceback) by their type."""
+    url = fault_server.add_file("/fw.bin", content(MiB))
+    (tmp_path / "fw.bin.part").mkdir()  # where the partial file should go
+    with pytest.raises(DownloadError) as info:
+        await download(url, tmp_path / "fw.bin", retry=FAST)
+    assert info.value.permanent and "cannot create" in info.value.reason
+    assert fault_server.requests == 0
+
+
 async def test_cancel_during_the_rehash_of_a_partial_file_ends_it_at_once(
     fault_server: FaultyFileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -252,6 +252,7 @@ class _Download:
             finally:
                 stop.set()
 
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_when_cancelled)
             try:
@@ -259,7 +260,11 @@ class _Download:
             except Stopped:
                 await trio.lowlevel.checkpoint()  # raises the Cancelled that set `stop`
                 raise  # pragma: no cover - `stop` is only set by a cancellation
+            except Exception as exc:
+                failure = exc  # raised below, not wrapped in the nursery's group
             nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     def _open_part(self, stop: threading.Event | None = None) -> None:
         """Worker thread: continue or discard what an earlier run left."""
