@@ -218,3 +218,20 @@ def test_one_id_in_two_dialects_is_two_records(tmp_path: Path) -> None:
     assert got_legacy is not None and got_legacy.final_status == "successful"
     # Legacy records keep the name they had before dialects were part of the key.
     assert (tmp_path / record_name("child1", "42")).exists()
+
+
+def test_records_under_an_older_name_are_renamed_and_a_newer_record_wins(tmp_path: Path) -> None:
+    """te/ records written before the key held the dialect are named by the bare id."""
+    journal = Journal(tmp_path)
+    moved = OperationRecord(make_request("m"), Phase.DOWNLOADING, updated_at=T0)
+    stale = OperationRecord(make_request("s"), Phase.RECEIVED, updated_at=T0)
+    newer = OperationRecord(make_request("s"), Phase.FINISHED, "successful", updated_at=T0 + 9)
+    for record in (moved, stale):  # as the previous release named them
+        data = json.dumps(record.to_json())
+        (tmp_path / record_name("child1", record.request.op_id)).write_text(data)
+    journal.put(newer)  # journaled under the new name after the upgrade
+    assert journal.get("child1", K("m")) is None
+    assert journal.rename_records() == 2
+    assert journal.get("child1", K("m")) == moved
+    assert journal.records() == [moved, newer]  # the stale copy of "s" is gone
+    assert journal.rename_records() == 0

@@ -650,6 +650,7 @@ class Agent:
         return make
 
     async def _recover(self, reporter: StatusReporter) -> None:
+        await trio.to_thread.run_sync(self.journal.rename_records)
         pruned = await trio.to_thread.run_sync(self.journal.prune, KEEP_FINISHED_FOR)
         records = await trio.to_thread.run_sync(self.journal.records)
         resuming: set[str] = set()

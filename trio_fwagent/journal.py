@@ -203,6 +203,36 @@ class Journal:
             self.path_for(child_id, key).unlink()
         _fsync_dir(self.directory)
 
+    def rename_records(self) -> int:
+        """Move records stored under another name than :meth:`path_for` gives them now.
+
+        ``te/`` records written before the key included the dialect are named by the
+        bare id: left there, one would be resumed at every start (its later phases are
+        journaled under the new name) and its installer run again. A record already
+        under the new name is newer and wins. Returns how many files were moved or
+        removed.
+        """
+        changed = 0
+        for path in self._record_paths():
+            record = self._load(path)
+            if record is None:
+                continue
+            target = self.path_for(record.request.child_id, record.request.key)
+            if path == target:
+                continue
+            try:
+                if target.exists():
+                    path.unlink()
+                else:
+                    os.replace(path, target)
+            except OSError as exc:
+                log.warning("cannot rename journal record %s: %s", path.name, exc)
+                continue
+            changed += 1
+        if changed:
+            _fsync_dir(self.directory)
+        return changed
+
     def records(self) -> list[OperationRecord]:
         """All readable records, oldest change first; corrupt files are logged and skipped."""
         found = [r for p in self._record_paths() if (r := self._load(p)) is not None]
