@@ -390,6 +390,27 @@ async def test_manual_ack_message_not_acknowledged_comes_again_after_a_restart(
     assert fresh.payload == b"job/2" and not fresh.dup
 
 
+async def test_manual_ack_message_left_unhandled_in_a_subscription_comes_again(
+    mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
+) -> None:
+    """Leaving the block (the agent at shutdown, the client still connected) abandons
+    what was not acknowledged: no PUBACK, the broker re-sends it to the next life."""
+    publisher = mqtt_peer()
+    settings = settings_for(mosquitto, client_id="leaver")
+    async with running(settings) as client:
+        async with client.subscribe("job/#", qos=1, manual_ack=True) as messages:
+            first = await publish_until_received(publisher, "job/1", messages)
+        async with client.subscribe("job/#", qos=1, manual_ack=True) as messages:
+            # Still connected: the same connection does not deliver it twice, and a
+            # later message is acknowledged without waiting for the abandoned one.
+            fresh = await publish_until_received(publisher, "job/2", messages)
+            assert fresh.payload == b"job/2"
+            fresh.ack()
+            await trio.sleep(0.2)
+    again = await _deliver_and_stop(settings, publisher, "", ack=True)
+    assert first.payload == again.payload == b"job/1" and again.dup
+
+
 async def test_manual_ack_keeps_pubacks_in_order_and_auto_subscribers_unaffected(
     mosquitto: MosquittoBroker, mqtt_peer: PeerFactory
 ) -> None:

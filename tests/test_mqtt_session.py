@@ -221,6 +221,25 @@ def test_manual_ack_holds_pubacks_until_acknowledged_and_keeps_their_order() -> 
     assert session.data_to_send() == b""
 
 
+def test_manual_ack_abandoned_message_gets_no_puback_and_does_not_hold_later_ones() -> None:
+    session = connected_session(manual_ack=True)
+    session.receive_data(qos1_publish(1, b"a") + qos1_publish(2, b"b"))
+    assert session.acknowledge(AckToken(1, 2))
+    assert session.data_to_send() == b""
+    assert session.abandon(AckToken(1, 1))  # never handled: the broker re-sends it later
+    assert session.data_to_send() == H("40 02 0002")
+
+
+def test_manual_ack_oversized_message_is_acknowledged_in_its_turn() -> None:
+    session = connected_session(manual_ack=True, max_packet_size=64)
+    session.receive_data(qos1_publish(1, b"a"))
+    events = session.receive_data(qos1_publish(2, b"x" * 100))
+    assert [type(e) for e in events] == [MessageDropped]
+    assert session.data_to_send() == b""  # not ahead of message 1's PUBACK
+    assert session.acknowledge(AckToken(1, 1))
+    assert session.data_to_send() == H("40 02 0001") + H("40 02 0002")
+
+
 def test_manual_ack_of_a_lost_connection_sends_nothing_and_the_broker_resends() -> None:
     session = connected_session(manual_ack=True)
     (event,) = session.receive_data(qos1_publish(7, b"a"))

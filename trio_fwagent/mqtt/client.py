@@ -90,17 +90,20 @@ class MqttSettings:
 class _AckCounter:
     """One received QoS 1 message: PUBACK once every manual subscriber acknowledged it."""
 
-    __slots__ = ("_client", "token", "waiting")
+    __slots__ = ("_client", "abandoned", "token", "waiting")
 
     def __init__(self, client: MqttClient, token: AckToken) -> None:
         self._client = client
         self.token = token
         self.waiting = 1  # held by the routing itself until every subscriber has its copy
+        self.abandoned = False  # a subscriber dropped it unhandled: no PUBACK, re-sent later
 
-    def release(self) -> None:
+    def release(self, *, handled: bool = True) -> None:
+        if not handled:
+            self.abandoned = True
         self.waiting -= 1
         if self.waiting == 0:
-            self._client._acknowledge(self.token)
+            self._client._settle(self.token, handled=not self.abandoned)
 
 
 class _Ack:
@@ -117,11 +120,11 @@ class _Ack:
         self._unacked = unacked
         unacked.add(self)
 
-    def fire(self) -> None:
+    def fire(self, *, handled: bool = True) -> None:
         counter, self._counter = self._counter, None
         self._unacked.discard(self)
         if counter is not None:
-            counter.release()
+            counter.release(handled=handled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,10 @@ class Message:
         otherwise, and after the first call, nothing happens)."""
         if self._ack is not None:
             self._ack.fire()
+
+    def _abandon(self) -> None:
+        if self._ack is not None:
+            self._ack.fire(handled=False)
 
 
 @dataclass(eq=False, slots=True)
@@ -293,15 +300,15 @@ class MqttClient:
         after a reconnect when the broker lost the session. If connected, entering
         waits for the broker's SUBACK (or for the connection to drop); if not, it
         returns at once and subscribes on the next connect. A full channel never blocks
-        the client: the message is dropped (and acknowledged), logged and counted
-        (:attr:`dropped`).
+        the client: the message is dropped, logged and counted (:attr:`dropped`).
 
         With ``manual_ack``, a QoS 1 message is acknowledged to the broker only when
         :meth:`Message.ack` is called (PUBACKs keep arrival order, so acknowledge every
         message, promptly); one left unacknowledged when the connection ends comes again
-        after the next connect, with ``dup`` set. Messages still in the channel when the
-        block is left are acknowledged then. QoS 2 messages are always acknowledged on
-        arrival.
+        after the next connect, with ``dup`` set. A message this subscription drops
+        (full channel) or never acknowledges before the block is left is abandoned: no
+        PUBACK (later ones no longer wait for it), so the broker re-sends it after the
+        next connect. QoS 2 messages are always acknowledged on arrival.
 
         Raises:
             MqttUsageError: Invalid filter or QoS.
@@ -331,8 +338,8 @@ class MqttClient:
         finally:
             self._subscriptions.remove(sub)
             send.close()
-            for ack in list(sub.unacked):  # what the subscriber did not take or finish
-                ack.fire()
+            for ack in list(sub.unacked):  # not handled: the broker re-sends it later
+                ack.fire(handled=False)
             if all(other.topic_filter != topic_filter for other in self._subscriptions):
                 self._unsubscribe_later(topic_filter)
 
@@ -611,7 +618,7 @@ class MqttClient:
             try:
                 sub.channel.send_nowait(message)
             except trio.WouldBlock:
-                message.ack()  # dropped: nobody else will
+                message._abandon()  # dropped: the broker re-sends it after a reconnect
                 sub.dropped += 1
                 self.dropped += 1
                 logger.warning(
@@ -622,12 +629,13 @@ class MqttClient:
                     sub.dropped,
                 )
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                message.ack()  # the subscriber is leaving; its context exit unsubscribes
+                message._abandon()  # the subscriber is leaving; its context exit unsubscribes
         if counter is not None:
             counter.release()  # routing done: acknowledged now unless a subscriber holds it
 
-    def _acknowledge(self, token: AckToken) -> None:
-        if self._session.acknowledge(token):
+    def _settle(self, token: AckToken, *, handled: bool) -> None:
+        settle = self._session.acknowledge if handled else self._session.abandon
+        if settle(token):
             self._kick()
 
     def _send_subscribe(self, subs: Sequence[_Subscription]) -> None:

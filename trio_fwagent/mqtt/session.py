@@ -376,17 +376,37 @@ class ClientSession:
             False if the message's connection is gone (the broker will re-send the
             message, which then needs its own acknowledgement), else True.
         """
+        return self._settle(token, send=True)
+
+    def abandon(self, token: AckToken) -> bool:
+        """Give up a message received with ``token`` (``manual_ack``) without a PUBACK.
+
+        The broker re-sends it after the next connect (persistent session); later
+        messages' PUBACKs no longer wait for it.
+
+        Returns:
+            False if the message's connection is gone, else True.
+        """
+        return self._settle(token, send=False)
+
+    def _settle(self, token: AckToken, *, send: bool) -> bool:
         if token.connection != self._connection or self._state is not _State.CONNECTED:
             return False
-        for entry in self._to_ack:
+        for index, entry in enumerate(self._to_ack):
             if entry.packet_id == token.packet_id and not entry.acknowledged:
-                entry.acknowledged = True
+                if send:
+                    entry.acknowledged = True
+                else:
+                    del self._to_ack[index]
                 break
         else:
-            return True  # already acknowledged
+            return True  # already settled
+        self._send_ready_acks()
+        return True
+
+    def _send_ready_acks(self) -> None:
         while self._to_ack and self._to_ack[0].acknowledged:
             self._out += encode(PubAck(self._to_ack.popleft().packet_id))
-        return True
 
     def ping(self) -> None:
         """Queue a PINGREQ; the answer is a :class:`PongReceived` event.
@@ -516,7 +536,11 @@ class ClientSession:
         if packet.packet_id is None:
             return
         if packet.qos == 1:
-            self._out += encode(PubAck(packet.packet_id))
+            if self._manual_ack:  # in its turn: PUBACKs keep the order of arrival
+                self._to_ack.append(_PendingAck(packet.packet_id, acknowledged=True))
+                self._send_ready_acks()
+            else:
+                self._out += encode(PubAck(packet.packet_id))
         else:
             self._inbound_qos2.add(packet.packet_id)
             self._out += encode(PubRec(packet.packet_id))
