@@ -688,6 +688,25 @@ async def test_a_resent_request_with_other_values_is_answered_as_the_first_and_l
     assert warning.fields["changed"] == "url"  # type: ignore[attr-defined]
 
 
+async def test_retrying_a_refused_final_record_never_puts_an_older_one_back(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    journal = FullFromFinishedJournal(tmp_path / "full")
+    reporter = StatusReporter(FakePublisher(), journal, nursery, in_thread=False)
+    final = OperationRecord(make_request("x"), Phase.FINISHED, "successful", updated_at=1.0)
+    with pytest.raises(OSError):
+        await reporter.put(final)  # refused: remembered in memory
+    journal.full = False
+    acked = final.replace(final_acked=True)
+    async with reporter._lock:  # both writers queue up: the acknowledgement first
+        nursery.start_soon(reporter.put, acked)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(reporter.retry_unjournaled)
+        await trio.testing.wait_all_tasks_blocked()
+    await trio.testing.wait_all_tasks_blocked()
+    assert journal.get("c1", "x") == acked
+
+
 async def test_queued_request_keepalive_does_not_pile_up_while_the_broker_is_away(
     harness: Harness, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

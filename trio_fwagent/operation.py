@@ -227,9 +227,14 @@ class StatusReporter:
                 remembered in memory (see :meth:`get`) and written by
                 :meth:`retry_unjournaled`.
         """
+        await self._put(record)
+
+    async def _put(self, record: OperationRecord, *, retrying: bool = False) -> bool:
         key = (record.request.child_id, record.request.key)
         with trio.CancelScope(shield=True):
             async with self._lock:
+                if retrying and self._unjournaled.get(key) is not record:
+                    return False  # written or superseded meanwhile: do not put an older one back
                 try:
                     await self._call(self._journal.put, record)
                 except OSError:
@@ -237,6 +242,7 @@ class StatusReporter:
                         self._unjournaled[key] = record
                     raise
                 self._unjournaled.pop(key, None)
+                return True
 
     async def get(self, child_id: str, key: str) -> OperationRecord | None:
         """Reads one record (None if absent or unreadable); ``key``: ``FirmwareRequest.key``.
@@ -254,11 +260,10 @@ class StatusReporter:
         many are still only in memory."""
         for record in list(self._unjournaled.values()):
             try:
-                await self.put(record)
+                if await self._put(record, retrying=True):
+                    log_event(log, "final status journaled after all", **_fields(record.request))
             except OSError:
                 pass
-            else:
-                log_event(log, "final status journaled after all", **_fields(record.request))
         return len(self._unjournaled)
 
     async def publish(self, message: StatusMessage) -> None:
