@@ -231,18 +231,20 @@ class StatusReporter:
 
     async def _put(self, record: OperationRecord, *, retrying: bool = False) -> bool:
         key = (record.request.child_id, record.request.key)
+        written = False
         with trio.CancelScope(shield=True):
             async with self._lock:
-                if retrying and self._unjournaled.get(key) is not record:
-                    return False  # written or superseded meanwhile: do not put an older one back
-                try:
-                    await self._call(self._journal.put, record)
-                except OSError:
-                    if record.phase is Phase.FINISHED:
-                        self._unjournaled[key] = record
-                    raise
-                self._unjournaled.pop(key, None)
-                return True
+                # Retrying: if it was written or superseded meanwhile, do not put it back.
+                if not retrying or self._unjournaled.get(key) is record:
+                    try:
+                        await self._call(self._journal.put, record)
+                    except OSError:
+                        if record.phase is Phase.FINISHED:
+                            self._unjournaled[key] = record
+                        raise
+                    self._unjournaled.pop(key, None)
+                    written = True
+        return written
 
     async def get(self, child_id: str, key: str) -> OperationRecord | None:
         """Reads one record (None if absent or unreadable); ``key``: ``FirmwareRequest.key``.
