@@ -163,6 +163,16 @@ class Harness:
             resumed=resumed,
         )
 
+    async def start_worker(self, nursery: trio.Nursery, installer: FakeInstaller) -> ChildWorker:
+        """A running worker for child "c1" whose operations install with ``installer``."""
+
+        def factory(request: FirmwareRequest, resumed: bool) -> Operation:
+            return self.operation(request=request, installer=installer)
+
+        worker = ChildWorker("c1", factory, self.reporter)
+        await nursery.start(worker.run)
+        return worker
+
 
 @pytest.fixture
 async def harness(tmp_path: Path, nursery: trio.Nursery) -> Harness:
@@ -604,12 +614,7 @@ async def test_one_id_in_both_dialects_is_two_operations(
 ) -> None:
     """``dialect = both``: legacy id "42" and te/ command "42" are not copies of each other."""
     installer = FakeInstaller()
-
-    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
-        return harness.operation(request=request, installer=installer)
-
-    worker = ChildWorker("c1", factory, harness.reporter)
-    await nursery.start(worker.run)
+    worker = await harness.start_worker(nursery, installer)
     legacy = make_request("42")
     te = dataclasses.replace(
         legacy, dialect="te", sha256=None, topic="te/device/c1//cmd/firmware_update/42"
@@ -644,12 +649,7 @@ async def test_published_final_status_stands_when_the_journal_could_not_record_i
     harness.journal = journal
     harness.reporter = StatusReporter(harness.publisher, journal, nursery, in_thread=False)
     installer = FakeInstaller()
-
-    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
-        return harness.operation(request=request, installer=installer)
-
-    worker = ChildWorker("c1", factory, harness.reporter)
-    await nursery.start(worker.run)
+    worker = await harness.start_worker(nursery, installer)
     await worker.submit(make_request("x"))
     await trio.sleep(20)
     record = journal.get("c1", "x")
@@ -672,12 +672,7 @@ async def test_a_resent_request_with_other_values_is_answered_as_the_first_and_l
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     installer = FakeInstaller()
-
-    def factory(request: FirmwareRequest, resumed: bool) -> Operation:
-        return harness.operation(request=request, installer=installer)
-
-    worker = ChildWorker("c1", factory, harness.reporter)
-    await nursery.start(worker.run)
+    worker = await harness.start_worker(nursery, installer)
     await worker.submit(make_request("x"))
     await trio.sleep(10)
     with caplog.at_level(logging.WARNING, logger="trio_fwagent.agent"):
