@@ -476,6 +476,18 @@ def test_install_copy_replaces_the_target_atomically(tmp_path: Path, image: Path
     assert "installed fw 1.2.3" in second.stdout
 
 
+@pytest.mark.parametrize("name", ["with space.img", "back\\slash.img"])
+def test_install_copy_verifies_targets_with_odd_names(
+    tmp_path: Path, image: Path, name: str
+) -> None:
+    """sha256sum escapes a file name with a backslash ("\\<hash>"): the check must not."""
+    target = tmp_path / name
+    env = _fw_env(image)
+    result = _run([str(EXAMPLES / "install-copy.sh"), str(target)], env=env)
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == image.read_bytes()
+
+
 def test_install_copy_checksum_mismatch_keeps_the_old_target(tmp_path: Path, image: Path) -> None:
     target = tmp_path / "current.img"
     target.write_bytes(b"old image")

@@ -56,7 +56,8 @@ err=$(cat -- "$FW_FILE" 2>&1 >"$tmp") \
 sync -- "$tmp" 2>/dev/null || sync
 
 if [ -n "${FW_SHA256:-}" ]; then
-    got=$(sha256sum -- "$tmp" | cut -d' ' -f1)
+    # From stdin: with a file name holding "\" or a newline sha256sum prefixes a "\".
+    got=$(sha256sum <"$tmp" | cut -d' ' -f1)
     expected=$(printf '%s' "$FW_SHA256" | tr 'A-F' 'a-f')
     [ "$got" = "$expected" ] \
         || fail 1 "written copy of ${FW_NAME:-the image} ${FW_VERSION:-} has sha256 $got, expected $expected (bad storage?)"

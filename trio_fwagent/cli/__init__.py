@@ -54,7 +54,7 @@ async def cli(log_level: str | None, log_format: str | None) -> None:
     \b
     Examples:
       trio-fwagent demo
-      trio-fwagent run --config /etc/trio-fwagent.toml
+      trio-fwagent run --config /etc/trio-fwagent/agent.toml
       trio-fwagent --log-level debug download https://example.com/fw.bin -o fw.bin
     """
     setup_logging(log_level or "info", log_format or "text")
