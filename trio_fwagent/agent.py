@@ -174,9 +174,9 @@ class SharedDownloads:
     """Single-flight downloads: operations wanting the same file share one transfer.
 
     Each file is kept while at least one operation holds a :meth:`lease` on it; when the
-    last one lets go it is deleted (unless ``keep``), except while the agent shuts down
-    (then a complete file may be reused after the restart). A transfer no operation wants
-    any more is cancelled; its partial file stays for a later resume.
+    last one lets go it is deleted (unless ``keep``). A transfer no operation wants any
+    more is cancelled; its partial file stays for a later resume. A complete file left by
+    a crash is verified and reused by the operation that resumes (:meth:`_reuse`).
 
     Args:
         directory: where downloads live (created 0700).
@@ -243,8 +243,7 @@ class SharedDownloads:
             del self._entries[entry.key]
         if entry.scope is not None:
             entry.scope.cancel()  # nobody waits for it any more
-        shutting_down = self._nursery is None or self._nursery.cancel_scope.cancel_called
-        if not self._keep and not shutting_down and entry.result is not None:
+        if not self._keep and entry.result is not None:
             with contextlib.suppress(OSError):
                 entry.dest.unlink()
                 log_event(log, "download removed", file=entry.dest.name)
