@@ -79,7 +79,11 @@ _FAULTS_HELP = "; ".join(f"{name}: {what}" for name, what in FAULT_PATTERNS.item
     show_default=True,
     help="Link speed per second (the file server is throttled to it).",
 )
-@click.option("--keep", is_flag=True, help="Keep the temporary directory (image, journal, mosquitto's log) and print its path.")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the temporary directory (image, journal, mosquitto's log) and print its path.",
+)
 async def demo(size: int, faults: str, transport: str, broker: str, rate: int, keep: bool) -> None:
     """Run a whole firmware update on this machine, over a flaky simulated link.
 
