@@ -110,7 +110,7 @@ class _Ack:
     """One subscriber's copy of a message: acknowledging it twice counts once.
 
     It sits in its subscription's ``unacked`` set until fired, so that leaving the
-    subscription can acknowledge what its channel still held (or dropped).
+    subscription can abandon what its subscriber never acknowledged.
     """
 
     __slots__ = ("_counter", "_unacked")
