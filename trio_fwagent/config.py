@@ -27,6 +27,7 @@ from typing import Any, Literal, cast
 
 from trio_fwagent.contract.model import check_child_id
 from trio_fwagent.install import split_command
+from trio_fwagent.mqtt.transport import tls_context
 
 __all__ = ["ENV_PREFIX", "KEYS", "Config", "ConfigError", "load_config"]
 
@@ -446,11 +447,6 @@ def _check_utf8(raw: object) -> None:
                 raise ValueError("the value is not valid UTF-8 text") from None
 
 
-def _no_password() -> str:
-    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
-    raise ValueError("the key is encrypted (passphrase-protected keys are not supported)")
-
-
 def _check_tls_files(values: dict[str, object]) -> None:
     """Loads the TLS files once, so a wrong one stops the start (exit 2) instead of
     every connection attempt failing forever."""
@@ -460,15 +456,14 @@ def _check_tls_files(values: dict[str, object]) -> None:
     )
     if ca is not None:
         try:
-            ssl.create_default_context(cafile=str(ca))
-        except (OSError, ssl.SSLError) as exc:
+            tls_context(ca, None, None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(
                 "mqtt_ca_file", f"{ca} holds no usable CA certificate: {exc}"
             ) from None
     if cert is not None:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
-            context.load_cert_chain(str(cert), str(key) if key else None, password=_no_password)
+            tls_context(None, cert, key)
         except (OSError, ssl.SSLError, ValueError) as exc:
             what = f"{cert} with the key in {key}" if key else f"{cert} (certificate and key)"
             raise ConfigError(

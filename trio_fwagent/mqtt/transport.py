@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -30,6 +31,7 @@ __all__ = [
     "WebSocketTransport",
     "connect_transport",
     "describe",
+    "tls_context",
 ]
 
 _RECEIVE_SIZE = 65536
@@ -300,20 +302,29 @@ def _no_password() -> str:
     raise ValueError("the key is encrypted (passphrase-protected keys are not supported)")
 
 
+def tls_context(
+    ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
+    """A client TLS context: ``ca_file`` (else the system's CAs) and an optional client
+    certificate. Shared by the connection and the configuration check at start.
+
+    Raises:
+        OSError, ssl.SSLError: A file is missing, unreadable or not PEM.
+        ValueError: The key is encrypted (never prompts for a passphrase).
+    """
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file is not None:
+        context.load_cert_chain(
+            str(cert_file), str(key_file) if key_file else None, password=_no_password
+        )
+    return context
+
+
 def _ssl_context(settings: MqttSettings) -> ssl.SSLContext:
     try:
-        context = ssl.create_default_context(
-            cafile=str(settings.ca_file) if settings.ca_file else None
-        )
-        if settings.cert_file is not None:
-            context.load_cert_chain(
-                str(settings.cert_file),
-                str(settings.key_file) if settings.key_file else None,
-                password=_no_password,
-            )
+        return tls_context(settings.ca_file, settings.cert_file, settings.key_file)
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise MqttUsageError(f"cannot load TLS files: {exc}") from exc
-    return context
 
 
 async def _close_stream(stream: trio.abc.Stream) -> None:
