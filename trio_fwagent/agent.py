@@ -444,11 +444,10 @@ class ChildWorker:
                     nursery.start_soon(self._keepalive, key, request)
 
     async def _keepalive(self, key: str, request: FirmwareRequest) -> None:
-        message = DIALECTS[request.dialect].status(request, "executing")
         try:
-            await self._reporter.publish(message)
-        except Exception as exc:
-            log_event(log, "publish failed", logging.WARNING, topic=message.topic, error=exc)
+            await self._reporter.publish_logged(
+                DIALECTS[request.dialect].status(request, "executing")
+            )
         finally:
             self._keepalive_unacked.discard(key)
 

@@ -276,13 +276,14 @@ class StatusReporter:
 
     def publish_soon(self, message: StatusMessage) -> None:
         """Publishes ``message`` from a background task; errors are logged."""
-        self._nursery.start_soon(self._publish_logged, message)
+        self._nursery.start_soon(self.publish_logged, message)
 
     def executing_soon(self, request: FirmwareRequest) -> None:
         """Sends ``executing`` for ``request`` in the background."""
         self.publish_soon(DIALECTS[request.dialect].status(request, "executing"))
 
-    async def _publish_logged(self, message: StatusMessage) -> None:
+    async def publish_logged(self, message: StatusMessage) -> None:
+        """Publishes ``message`` and waits for the broker; a failure is logged, not raised."""
         try:
             await self.publish(message)
         except Exception as exc:
